@@ -1,0 +1,314 @@
+"""The ConvNeXt model: one functional Keras model for V1 and V2, as in timm.
+
+Layer names mirror timm's module paths with `.` written as `_`
+(`stages_2_blocks_5_mlp_fc1` is timm's `stages.2.blocks.5.mlp.fc1`), so the
+mapping to timm keys is mechanical (see `converters.mapping`).
+"""
+import logging
+
+import keras
+import numpy as np
+
+from . import variants
+from .layers import GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
+
+logger = logging.getLogger("convnext_hub")
+
+MIN_INPUT_SIZE = 32
+POOLINGS = ("avg", "max", None)
+
+
+def _make_divisible(value, divisor=8):
+    """timm's `make_divisible` with its defaults (round to nearest, at least 90% of `value`)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _validate(input_shape, pooling, out_indices, num_classes, features_only):
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, 3), with height and width an int "
+            f">= {MIN_INPUT_SIZE} or None. Received: input_shape={input_shape!r}"
+        )
+    for side in input_shape[:2]:
+        if side is not None and (not isinstance(side, (int, np.integer)) or side < MIN_INPUT_SIZE):
+            raise ValueError(
+                f"`input_shape` height and width must be None or an int >= {MIN_INPUT_SIZE}. "
+                f"Received: input_shape={input_shape!r}"
+            )
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
+        raise ValueError(f"`num_classes` must be an int >= 0. Received: num_classes={num_classes!r}")
+    if features_only:
+        bad = [i for i in out_indices if i not in (0, 1, 2, 3)]
+        if bad or not out_indices or len(set(out_indices)) != len(out_indices):
+            raise ValueError(
+                "`out_indices` must be distinct stage indices in (0, 1, 2, 3). "
+                f"Received: out_indices={tuple(out_indices)!r}"
+            )
+
+
+def drop_path_rates(depths, drop_path_rate):
+    """Per-block stochastic depth rates, rising linearly from 0 to `drop_path_rate`."""
+    return np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+
+
+@keras.saving.register_keras_serializable(package="convnext_hub")
+class ConvNeXt(keras.Model):
+    """ConvNeXt V1 / V2 image model (channels-last inputs), mirroring timm's `ConvNeXt`.
+
+    Args:
+        depths: blocks per stage (4 ints).
+        dims: channels per stage (4 ints).
+        use_grn: Global Response Normalization in each block's MLP (V2).
+        layer_scale_init_value: initial layer scale, or None for none (V2).
+        stem_type: "patch", "overlap", "overlap_tiered" or "overlap_act".
+        norm: "layernorm", "rmsnorm2d" or "simplenorm".
+        norm_eps: epsilon of every norm.
+        conv_mlp: timm stores the block MLP as 1x1 convs (changes only the checkpoint layout).
+        head_norm_first: norm the feature map before pooling (`convnext_tiny_hnf`).
+        head_hidden_size: width of the head's pre-logits Dense + GELU, or None.
+        kernel_size: depthwise kernel size.
+        num_classes: classifier outputs; 0 keeps timm's head without the classifier.
+        include_top: build the head; if False the model returns the final feature map,
+            pooled per `pooling`.
+        input_shape: (height, width, 3); height and width may be None.
+        pooling: "avg", "max" or None; used when `include_top=False`.
+        drop_path_rate: stochastic depth rate of the last block.
+        dropout_rate: dropout before the classifier.
+        classifier_activation: activation of the classifier; None returns logits.
+        features_only: return the feature maps of the stages in `out_indices`.
+        out_indices: stages whose feature maps `features_only` returns (strides 4, 8, 16, 32).
+        architecture: timm architecture name, for information.
+        name: model name; layer names do not depend on it.
+        dtype: dtype policy for every layer.
+    """
+
+    def __init__(
+        self,
+        depths,
+        dims,
+        use_grn=False,
+        layer_scale_init_value=1e-6,
+        stem_type="patch",
+        norm="layernorm",
+        norm_eps=1e-6,
+        conv_mlp=False,
+        head_norm_first=False,
+        head_hidden_size=None,
+        kernel_size=7,
+        num_classes=1000,
+        include_top=True,
+        input_shape=(None, None, 3),
+        pooling=None,
+        drop_path_rate=0.0,
+        dropout_rate=0.0,
+        classifier_activation=None,
+        features_only=False,
+        out_indices=(0, 1, 2, 3),
+        architecture=None,
+        name=None,
+        dtype=None,
+        **kwargs,
+    ):
+        input_shape = tuple(input_shape)
+        out_indices = tuple(out_indices)
+        _validate(input_shape, pooling, out_indices, num_classes, features_only)
+        builder = _Builder(norm, norm_eps, dtype)
+
+        inputs = keras.Input(shape=input_shape, name="images")
+        x = builder.stem(inputs, stem_type, dims[0])
+        rates = iter(drop_path_rates(depths, drop_path_rate))
+        stage_outputs = []
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            if i > 0:
+                x = builder.downsample(x, i, dim)
+            for j in range(depth):
+                x = builder.block(
+                    x, f"stages_{i}_blocks_{j}", kernel_size, use_grn, layer_scale_init_value, next(rates)
+                )
+            stage_outputs.append(x)
+
+        if features_only:
+            outputs = [stage_outputs[i] for i in out_indices]
+        elif include_top:
+            outputs = builder.head(
+                x, head_norm_first, head_hidden_size, dropout_rate, num_classes, classifier_activation
+            )
+        else:
+            outputs = builder.backbone_output(x, head_norm_first, pooling)
+
+        super().__init__(inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
+        self.depths = tuple(depths)
+        self.dims = tuple(dims)
+        self.use_grn = use_grn
+        self.layer_scale_init_value = layer_scale_init_value
+        self.stem_type = stem_type
+        self.norm = norm
+        self.norm_eps = norm_eps
+        self.conv_mlp = conv_mlp
+        self.head_norm_first = head_norm_first
+        self.head_hidden_size = head_hidden_size
+        self.kernel_size = kernel_size
+        self.num_classes = num_classes
+        self.include_top = include_top
+        self.pooling = pooling
+        self.drop_path_rate = drop_path_rate
+        self.dropout_rate = dropout_rate
+        self.classifier_activation = classifier_activation
+        self.features_only = features_only
+        self.out_indices = out_indices
+        self.architecture = architecture
+        self.pretrained_cfg = None
+
+    def get_config(self):
+        return {
+            "depths": list(self.depths),
+            "dims": list(self.dims),
+            "use_grn": self.use_grn,
+            "layer_scale_init_value": self.layer_scale_init_value,
+            "stem_type": self.stem_type,
+            "norm": self.norm,
+            "norm_eps": self.norm_eps,
+            "conv_mlp": self.conv_mlp,
+            "head_norm_first": self.head_norm_first,
+            "head_hidden_size": self.head_hidden_size,
+            "kernel_size": self.kernel_size,
+            "num_classes": self.num_classes,
+            "include_top": self.include_top,
+            "input_shape": list(self.input_shape[1:]),
+            "pooling": self.pooling,
+            "drop_path_rate": self.drop_path_rate,
+            "dropout_rate": self.dropout_rate,
+            "classifier_activation": keras.activations.serialize(
+                keras.activations.get(self.classifier_activation)
+            ) if self.classifier_activation is not None else None,
+            "features_only": self.features_only,
+            "out_indices": list(self.out_indices),
+            "architecture": self.architecture,
+            "name": self.name,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+class _Builder:
+    """Creates the named layers of one model with a shared norm kind and dtype."""
+
+    def __init__(self, norm, norm_eps, dtype):
+        self.norm_kind = norm
+        self.norm_eps = norm_eps
+        self.dtype = dtype
+
+    def norm(self, name):
+        return make_norm(self.norm_kind, self.norm_eps, name, self.dtype)
+
+    def conv(self, filters, kernel, stride, name):
+        return keras.layers.Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype)
+
+    def gelu(self, name):
+        return keras.layers.Activation("gelu", name=name, dtype=self.dtype)
+
+    def stem(self, x, stem_type, dim):
+        if stem_type == "patch":
+            x = self.conv(dim, 4, 4, "stem_0")(x)
+            return self.norm("stem_1")(x)
+        if stem_type not in ("overlap", "overlap_tiered", "overlap_act"):
+            raise ValueError(
+                "`stem_type` must be one of ('patch', 'overlap', 'overlap_tiered', 'overlap_act'). "
+                f"Received: stem_type={stem_type!r}"
+            )
+        mid = _make_divisible(dim // 2) if stem_type == "overlap_tiered" else dim
+        # PyTorch pads 1 on every side; Keras "same" would pad stride-2 convs asymmetrically.
+        x = keras.layers.ZeroPadding2D(1, name="stem_0_pad", dtype=self.dtype)(x)
+        x = self.conv(mid, 3, 2, "stem_0")(x)
+        index = 1
+        if stem_type == "overlap_act":
+            x = self.gelu("stem_1")(x)
+            index = 2
+        x = keras.layers.ZeroPadding2D(1, name=f"stem_{index}_pad", dtype=self.dtype)(x)
+        x = self.conv(dim, 3, 2, f"stem_{index}")(x)
+        return self.norm(f"stem_{index + 1}")(x)
+
+    def downsample(self, x, stage, dim):
+        x = self.norm(f"stages_{stage}_downsample_0")(x)
+        return self.conv(dim, 2, 2, f"stages_{stage}_downsample_1")(x)
+
+    def block(self, x, prefix, kernel_size, use_grn, layer_scale_init_value, drop_path):
+        dim = x.shape[-1]
+        shortcut = x
+        x = keras.layers.DepthwiseConv2D(
+            kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype
+        )(x)
+        x = self.norm(f"{prefix}_norm")(x)
+        x = keras.layers.Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype)(x)
+        x = self.gelu(f"{prefix}_mlp_act")(x)
+        if use_grn:
+            x = GlobalResponseNorm(name=f"{prefix}_mlp_grn", dtype=self.dtype)(x)
+        x = keras.layers.Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype)(x)
+        if layer_scale_init_value is not None:
+            x = LayerScale(layer_scale_init_value, name=f"{prefix}_gamma", dtype=self.dtype)(x)
+        if drop_path > 0:
+            x = StochasticDepth(drop_path, name=f"{prefix}_drop_path", dtype=self.dtype)(x)
+        return keras.layers.Add(name=f"{prefix}_add", dtype=self.dtype)([shortcut, x])
+
+    def pool(self, x, kind="avg"):
+        layer = keras.layers.GlobalAveragePooling2D if kind == "avg" else keras.layers.GlobalMaxPooling2D
+        return layer(name="head_global_pool", dtype=self.dtype)(x)
+
+    def head(self, x, head_norm_first, head_hidden_size, dropout_rate, num_classes, activation):
+        if head_norm_first:
+            x = self.norm("norm_pre")(x)
+            x = self.pool(x)
+        else:
+            x = self.pool(x)
+            x = self.norm("head_norm")(x)
+            if head_hidden_size:
+                x = keras.layers.Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype)(x)
+                x = self.gelu("head_pre_logits_act")(x)
+        if num_classes == 0:
+            return x
+        if dropout_rate > 0:
+            x = keras.layers.Dropout(dropout_rate, name="head_drop", dtype=self.dtype)(x)
+        x = keras.layers.Dense(num_classes, name="head_fc", dtype=self.dtype)(x)
+        if activation is not None:
+            x = keras.layers.Activation(activation, name="predictions", dtype=self.dtype)(x)
+        return x
+
+    def backbone_output(self, x, head_norm_first, pooling):
+        if head_norm_first:
+            x = self.norm("norm_pre")(x)
+        return self.pool(x, pooling) if pooling else x
+
+
+def _model_class(use_grn):
+    from .faces import ConvNeXtV1, ConvNeXtV2
+
+    return ConvNeXtV2 if use_grn else ConvNeXtV1
+
+
+def create_model(name, pretrained=None, **kwargs):
+    """Builds the timm architecture `name` (see `list_models()`).
+
+    Args:
+        name: a timm ConvNeXt architecture, e.g. "convnext_tiny" or "convnextv2_atto".
+        pretrained: optional local `.keras` / `.weights.h5` file to load weights from.
+        **kwargs: any argument of `ConvNeXt` except the structural ones.
+    """
+    config = variants.architecture(name)
+    clash = sorted(set(config) & set(kwargs))
+    if clash:
+        raise ValueError(f"Structural arguments are fixed by the architecture {name!r}. Received: {clash}")
+    model = _model_class(config["use_grn"])(architecture=name, **config, **kwargs)
+    if pretrained:
+        from .weights_io import load_weights_file
+
+        load_weights_file(model, pretrained)
+    return model
