@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from . import variants
-from .layers import GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
+from .layers import Dense, DepthwiseConv2D, GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
 
 logger = logging.getLogger("convnext_hub")
 
@@ -244,15 +244,15 @@ class _Builder:
     def block(self, x, prefix, kernel_size, use_grn, layer_scale_init_value, drop_path):
         dim = x.shape[-1]
         shortcut = x
-        x = keras.layers.DepthwiseConv2D(
+        x = DepthwiseConv2D(
             kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype
         )(x)
         x = self.norm(f"{prefix}_norm")(x)
-        x = keras.layers.Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype)(x)
+        x = Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype)(x)
         x = self.gelu(f"{prefix}_mlp_act")(x)
         if use_grn:
             x = GlobalResponseNorm(name=f"{prefix}_mlp_grn", dtype=self.dtype)(x)
-        x = keras.layers.Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype)(x)
+        x = Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype)(x)
         if layer_scale_init_value is not None:
             x = LayerScale(layer_scale_init_value, name=f"{prefix}_gamma", dtype=self.dtype)(x)
         if drop_path > 0:
@@ -271,13 +271,13 @@ class _Builder:
             x = self.pool(x)
             x = self.norm("head_norm")(x)
             if head_hidden_size:
-                x = keras.layers.Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype)(x)
+                x = Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype)(x)
                 x = self.gelu("head_pre_logits_act")(x)
         if num_classes == 0:
             return x
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate, name="head_drop", dtype=self.dtype)(x)
-        x = keras.layers.Dense(num_classes, name="head_fc", dtype=self.dtype)(x)
+        x = Dense(num_classes, name="head_fc", dtype=self.dtype)(x)
         if activation is not None:
             x = keras.layers.Activation(activation, name="predictions", dtype=self.dtype)(x)
         return x
