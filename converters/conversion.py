@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from .errors import KeyMismatchError, ShapeMismatchError
+from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError
 from . import layouts
 from .mapping import weight_slots
 
@@ -33,9 +33,15 @@ def convert(state_dict, arch=None, *, source="<state dict>", **model_kwargs):
 
     state_dict = layouts.to_timm_keys(state_dict, source=source)
     if arch is None:
-        arch = layouts.infer_architecture(state_dict)["arch"]
+        info = layouts.infer_architecture(state_dict, source=source)
+        arch = info["arch"]
+        if arch is None:
+            raise ArchitectureError(
+                f"{source}: the tensors match no timm ConvNeXt architecture "
+                f"(depths={info['depths']}, dims={info['dims']}); pass arch= to say which."
+            )
     else:
-        layouts.check_architecture(state_dict, arch)
+        layouts.check_architecture(state_dict, arch, source=source)
     model_kwargs.setdefault("num_classes", checkpoint_num_classes(state_dict))
     model = create_model(arch, **model_kwargs)
     load_timm_state_dict(model, state_dict, source=source)
