@@ -24,7 +24,7 @@ def _make_divisible(value, divisor=8):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _validate(input_shape, pooling, out_indices, num_classes, features_only):
+def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate):
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(
             "`input_shape` must be (height, width, 3), with height and width an int "
@@ -38,6 +38,9 @@ def _validate(input_shape, pooling, out_indices, num_classes, features_only):
             )
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+    for argument, rate in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`{argument}` must be in [0, 1). Received: {argument}={rate!r}")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
         raise ValueError(f"`num_classes` must be an int >= 0. Received: num_classes={num_classes!r}")
     if features_only:
@@ -114,7 +117,7 @@ class ConvNeXt(keras.Model):
     ):
         input_shape = tuple(input_shape)
         out_indices = tuple(out_indices)
-        _validate(input_shape, pooling, out_indices, num_classes, features_only)
+        _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate)
         builder = _Builder(norm, norm_eps, dtype)
 
         inputs = keras.Input(shape=input_shape, name="images")
@@ -199,6 +202,11 @@ class ConvNeXt(keras.Model):
         return cls(**config)
 
 
+def _weight_init():
+    """timm's initialisation of conv and linear layers: truncated normal(0.02), zero bias."""
+    return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), bias_initializer="zeros")
+
+
 class _Builder:
     """Creates the named layers of one model with a shared norm kind and dtype."""
 
@@ -211,7 +219,7 @@ class _Builder:
         return make_norm(self.norm_kind, self.norm_eps, name, self.dtype)
 
     def conv(self, filters, kernel, stride, name):
-        return keras.layers.Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype)
+        return keras.layers.Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype, **_weight_init())
 
     def gelu(self, name):
         return keras.layers.Activation("gelu", name=name, dtype=self.dtype)
@@ -245,14 +253,15 @@ class _Builder:
         dim = x.shape[-1]
         shortcut = x
         x = DepthwiseConv2D(
-            kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype
+            kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype,
+            depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         )(x)
         x = self.norm(f"{prefix}_norm")(x)
-        x = Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype)(x)
+        x = Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype, **_weight_init())(x)
         x = self.gelu(f"{prefix}_mlp_act")(x)
         if use_grn:
             x = GlobalResponseNorm(name=f"{prefix}_mlp_grn", dtype=self.dtype)(x)
-        x = Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype)(x)
+        x = Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype, **_weight_init())(x)
         if layer_scale_init_value is not None:
             x = LayerScale(layer_scale_init_value, name=f"{prefix}_gamma", dtype=self.dtype)(x)
         if drop_path > 0:
@@ -271,13 +280,13 @@ class _Builder:
             x = self.pool(x)
             x = self.norm("head_norm")(x)
             if head_hidden_size:
-                x = Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype)(x)
+                x = Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype, **_weight_init())(x)
                 x = self.gelu("head_pre_logits_act")(x)
         if num_classes == 0:
             return x
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate, name="head_drop", dtype=self.dtype)(x)
-        x = Dense(num_classes, name="head_fc", dtype=self.dtype)(x)
+        x = Dense(num_classes, name="head_fc", dtype=self.dtype, **_weight_init())(x)
         if activation is not None:
             x = keras.layers.Activation(activation, name="predictions", dtype=self.dtype)(x)
         return x
@@ -294,19 +303,19 @@ def _model_class(use_grn):
     return ConvNeXtV2 if use_grn else ConvNeXtV1
 
 
-def create_model(name, pretrained=None, **kwargs):
-    """Builds the timm architecture `name` (see `list_models()`).
+def create_model(model_name, pretrained=None, **kwargs):
+    """Builds the timm architecture `model_name` (see `list_models()`), as `timm.create_model` does.
 
     Args:
-        name: a timm ConvNeXt architecture, e.g. "convnext_tiny" or "convnextv2_atto".
+        model_name: a timm ConvNeXt architecture, e.g. "convnext_tiny" or "convnextv2_atto".
         pretrained: optional local `.keras` / `.weights.h5` file to load weights from.
         **kwargs: any argument of `ConvNeXt` except the structural ones.
     """
-    config = variants.architecture(name)
+    config = variants.architecture(model_name)
     clash = sorted(set(config) & set(kwargs))
     if clash:
-        raise ValueError(f"Structural arguments are fixed by the architecture {name!r}. Received: {clash}")
-    model = _model_class(config["use_grn"])(architecture=name, **config, **kwargs)
+        raise ValueError(f"Structural arguments are fixed by the architecture {model_name!r}. Received: {clash}")
+    model = _model_class(config["use_grn"])(architecture=model_name, **config, **kwargs)
     if pretrained:
         from .weights_io import load_weights_file
 

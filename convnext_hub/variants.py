@@ -98,8 +98,5 @@ def architecture(name):
 
         close = difflib.get_close_matches(name, ARCHITECTURES, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(
-            f"Unknown architecture. Received: name={name!r}.{hint} "
-            f"Accepted: {list_models()}"
-        )
+        raise ValueError(f"Unknown architecture. Received: model_name={name!r}.{hint} Accepted: {list_models()}")
     return dict(ARCHITECTURES[name])

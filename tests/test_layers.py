@@ -1,0 +1,115 @@
+"""Each custom layer against a numpy formula written here, and its serialization."""
+import keras
+import numpy as np
+import pytest
+
+from convnext_hub import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
+from convnext_hub.layers import Dense, DepthwiseConv2D
+
+
+def _x(shape=(2, 5, 7, 6), scale=1.0, seed=0):
+    return (scale * np.random.RandomState(seed).standard_normal(shape)).astype("float32")
+
+
+def _run(layer, x, **kwargs):
+    return keras.ops.convert_to_numpy(layer(x, **kwargs))
+
+
+def _set(layer, x, **weights):
+    layer.build(x.shape)
+    for name, value in weights.items():
+        getattr(layer, name).assign(value)
+    return layer
+
+
+def test_layer_scale():
+    x = _x()
+    gamma = np.linspace(-1, 2, 6).astype("float32")
+    layer = _set(LayerScale(0.1), x, gamma=gamma)
+    np.testing.assert_allclose(_run(layer, x), x * gamma, rtol=1e-6)
+    np.testing.assert_allclose(_run(LayerScale(1e-6), x) / x, 1e-6, rtol=1e-6)
+
+
+def test_global_response_norm():
+    x = _x()
+    gamma, beta = _x((6,), seed=1), _x((6,), seed=2)
+    layer = _set(GlobalResponseNorm(), x, gamma=gamma, beta=beta)
+    gx = np.sqrt((x.astype("float64") ** 2).sum(axis=(1, 2), keepdims=True))
+    nx = gx / (gx.mean(axis=-1, keepdims=True) + 1e-6)
+    expected = gamma * (x * nx) + beta + x
+    np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm():
+    x = _x(scale=3.0)
+    gamma = _x((6,), seed=3)
+    layer = _set(RMSNorm(epsilon=1e-6), x, gamma=gamma)
+    expected = x / np.sqrt((x.astype("float64") ** 2).mean(axis=-1, keepdims=True) + 1e-6) * gamma
+    np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_simple_norm_uses_unbiased_variance_and_no_centering():
+    x = _x(scale=3.0) + 2.0
+    gamma = _x((6,), seed=4)
+    layer = _set(SimpleNorm(epsilon=1e-6), x, gamma=gamma)
+    variance = x.astype("float64").var(axis=-1, ddof=1, keepdims=True)
+    np.testing.assert_allclose(_run(layer, x), x / np.sqrt(variance + 1e-6) * gamma, rtol=1e-5, atol=1e-6)
+
+
+def test_stochastic_depth_drops_whole_samples_and_rescales():
+    x = np.ones((4000, 2, 2, 3), "float32")
+    layer = StochasticDepth(0.25, seed=1)
+    np.testing.assert_array_equal(_run(layer, x, training=False), x)
+    y = _run(layer, x, training=True)
+    per_sample = y.reshape(4000, -1)
+    assert np.all((per_sample == 0).all(axis=1) | np.isclose(per_sample, 1 / 0.75).all(axis=1))
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.03
+
+
+def test_depthwise_conv_equals_direct_formula():
+    x = _x((2, 9, 8, 4))
+    layer = DepthwiseConv2D(7, padding="same")
+    layer.build(x.shape)
+    kernel, bias = _x((7, 7, 4, 1), seed=5), _x((4,), seed=6)
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    padded = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0))).astype("float64")
+    expected = np.zeros(x.shape) + bias
+    for i in range(7):
+        for j in range(7):
+            expected += padded[:, i:i + 9, j:j + 8, :] * kernel[i, j, :, 0]
+    np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_equals_matmul_plus_bias():
+    x = _x((3, 4, 4, 6))
+    layer = Dense(5)
+    layer.build(x.shape)
+    kernel, bias = _x((6, 5), seed=7), _x((5,), seed=8)
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    np.testing.assert_allclose(_run(layer, x), x @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [
+    LayerScale(0.5), GlobalResponseNorm(epsilon=1e-5), RMSNorm(epsilon=1e-5), SimpleNorm(epsilon=1e-5),
+    StochasticDepth(0.2, seed=3), DepthwiseConv2D(7, padding="same"), Dense(3),
+], ids=lambda layer: type(layer).__name__)
+def test_layers_serialize(layer):
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+
+
+def test_statistics_in_float32_under_float16():
+    """Values whose squares overflow float16 (> 65504) still normalize correctly."""
+    x = _x((1, 4, 4, 8), scale=400.0)
+    for layer in (GlobalResponseNorm(dtype="mixed_float16"), RMSNorm(dtype="mixed_float16"),
+                  SimpleNorm(dtype="mixed_float16")):
+        layer.build(x.shape)
+        y = _run(layer, x.astype("float16"))
+        assert y.dtype == np.float16 and np.isfinite(y).all(), type(layer).__name__
+    norm = RMSNorm(dtype="mixed_float16")
+    norm.build(x.shape)
+    expected = x / np.sqrt((x.astype("float64") ** 2).mean(axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(_run(norm, x.astype("float16")), expected, rtol=2e-3, atol=2e-3)
