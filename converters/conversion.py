@@ -19,17 +19,18 @@ def checkpoint_num_classes(state_dict):
     return 0 if weight is None else int(weight.shape[0])
 
 
-def convert(state_dict, arch=None, *, source="<state dict>", **model_kwargs):
+def convert(state_dict, arch=None, *, source="<state dict>", progress=False, **model_kwargs):
     """Builds the Keras model for a timm / official / HF state dict and loads its weights.
 
     Args:
         state_dict: `{key: ndarray}` in any supported layout.
         arch: timm architecture; inferred from the tensors when None, else checked.
         source: file name used in messages.
+        progress: show a progress bar while weights are set (large models).
         **model_kwargs: `convnext_hub.create_model` arguments (`num_classes`, `input_shape`,
             `include_top`, `features_only`, ...). `num_classes` defaults to the checkpoint's.
     """
-    from convnext_hub.model import create_model
+    from convnext_hub.model import create_model, zeros_initialized
 
     state_dict = layouts.to_timm_keys(state_dict, source=source)
     if arch is None:
@@ -43,9 +44,9 @@ def convert(state_dict, arch=None, *, source="<state dict>", **model_kwargs):
     else:
         layouts.check_architecture(state_dict, arch, source=source)
     model_kwargs.setdefault("num_classes", checkpoint_num_classes(state_dict))
-    model = create_model(arch, **model_kwargs)
-    load_timm_state_dict(model, state_dict, source=source)
-    return model
+    with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
+        model = create_model(arch, **model_kwargs)
+    return load_timm_state_dict(model, state_dict, source=source, progress=progress)
 
 
 def _droppable(state_dict, model):
@@ -61,20 +62,28 @@ def _droppable(state_dict, model):
     return unused, has_head
 
 
-def load_timm_state_dict(model, state_dict, source="<state dict>"):
+def load_timm_state_dict(model, state_dict, source="<state dict>", progress=False):
     """Sets every Keras weight of `model` from a timm-keyed state dict, strictly.
 
     Every Keras weight is set exactly once; every source key is used, except the
     classifier when the model's number of classes differs (or it has no head),
-    which is logged. A head absent from a headless checkpoint is left fresh.
+    which is logged. Head weights absent from the checkpoint get timm's
+    initialisation (the classifier when `num_classes` differs; the head of a
+    headless checkpoint).
     """
     droppable, has_head = _droppable(state_dict, model)
     used = set()
     fresh = []
-    for slot in weight_slots(model):
+    slots = weight_slots(model)
+    if progress:
+        from tqdm.auto import tqdm
+
+        slots = tqdm(slots, desc="weights", unit="tensor", leave=False)
+    for slot in slots:
         key = slot.timm_key
         if key not in state_dict or key in droppable:
             if slot.layer.name.startswith(("head_", "norm_pre")) and (key in droppable or not has_head):
+                _initialise(slot.variable)
                 fresh.append(slot.variable.path)
                 continue
             raise KeyMismatchError(
@@ -98,6 +107,17 @@ def load_timm_state_dict(model, state_dict, source="<state dict>"):
             source, skipped or "none", fresh or "none",
         )
     return model
+
+
+def _initialise(variable):
+    """timm's initialisation: kernels truncated normal(0.02), norm scales 1, the rest 0."""
+    import keras
+
+    from convnext_hub.model import kernel_initializer
+
+    name = variable.path.rsplit("/", 1)[-1]
+    init = kernel_initializer() if name == "kernel" else ("ones" if name == "gamma" else "zeros")
+    variable.assign(keras.initializers.get(init)(variable.shape, dtype=variable.dtype))
 
 
 def _to_keras(slot, value, source, conv_mlp):

@@ -156,13 +156,14 @@ def _jax_on_cpu():
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """Keras' stride-1 "same" depthwise conv, with faster kernels where Keras' is slow.
 
-    JAX on CPU: XLA's grouped convolution is ~15x slower than summing the
-    kh*kw shifted products, which XLA fuses into one loop. torch: calls
+    JAX on CPU, inference: XLA's grouped convolution is ~15x slower than
+    summing the kh*kw shifted products, which XLA fuses into one loop (in
+    training the sum's gradient compiles ~4x slower, so it is not used). torch: calls
     `conv2d` on a channels-last view, with no layout copies. Weights and
     results are those of `keras.layers.DepthwiseConv2D`.
     """
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         backend = keras.backend.backend()
         plain = (
             self.strides == (1, 1) and self.padding == "same" and self.depth_multiplier == 1
@@ -172,7 +173,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             return super().call(inputs)
         if backend == "torch":
             return self._torch_call(inputs)
-        if backend == "jax" and _jax_on_cpu():
+        if backend == "jax" and not training and _jax_on_cpu():
             return self._shifted_sum_call(inputs)
         return super().call(inputs)
 

@@ -4,6 +4,8 @@ Layer names mirror timm's module paths with `.` written as `_`
 (`stages_2_blocks_5_mlp_fc1` is timm's `stages.2.blocks.5.mlp.fc1`), so the
 mapping to timm keys is mechanical (see `converters.mapping`).
 """
+import contextlib
+import contextvars
 import logging
 
 import keras
@@ -202,9 +204,30 @@ class ConvNeXt(keras.Model):
         return cls(**config)
 
 
+_ZEROS_INIT = contextvars.ContextVar("convnext_hub_zeros_init", default=False)
+
+
+@contextlib.contextmanager
+def zeros_initialized():
+    """Models built inside start with zero kernels: for weights about to be overwritten.
+
+    Saves the random initialisation (seconds, and a transient copy, for the
+    biggest models) when converting or loading checkpoints.
+    """
+    token = _ZEROS_INIT.set(True)
+    try:
+        yield
+    finally:
+        _ZEROS_INIT.reset(token)
+
+
+def kernel_initializer():
+    """timm's initialisation of conv and linear kernels: truncated normal(0.02) (biases: zeros)."""
+    return "zeros" if _ZEROS_INIT.get() else keras.initializers.TruncatedNormal(stddev=0.02)
+
+
 def _weight_init():
-    """timm's initialisation of conv and linear layers: truncated normal(0.02), zero bias."""
-    return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), bias_initializer="zeros")
+    return dict(kernel_initializer=kernel_initializer(), bias_initializer="zeros")
 
 
 class _Builder:
@@ -254,7 +277,7 @@ class _Builder:
         shortcut = x
         x = DepthwiseConv2D(
             kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype,
-            depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            depthwise_initializer=kernel_initializer(),
         )(x)
         x = self.norm(f"{prefix}_norm")(x)
         x = Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype, **_weight_init())(x)

@@ -10,7 +10,6 @@ import torch
 import convnext_hub
 from convnext_hub import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model
 from converters.mapping import weight_slots
-from tests.conftest import BACKEND
 
 BIG = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 
@@ -29,7 +28,7 @@ def test_list_models_is_timms_list():
     assert len(convnext_hub.list_models()) == 28
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="architecture tables are backend-independent")
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("arch", _arch_params())
 def test_parameters_match_timm(arch):
     """Same parameter count as timm for num_classes 1000 and 0, and weights one-to-one in shape."""
