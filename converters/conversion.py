@@ -3,7 +3,7 @@ import logging
 
 import numpy as np
 
-from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError
+from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
 from .mapping import weight_slots
 
@@ -90,8 +90,10 @@ def load_timm_state_dict(model, state_dict, source="<state dict>", progress=Fals
                 f"{source}: missing key {key!r} (shape {slot.timm_shape(model.conv_mlp)}) "
                 f"needed for Keras weight {slot.variable.path!r}"
             )
-        value = np.asarray(state_dict[key])
-        converted = _to_keras(slot, value, source, model.conv_mlp)
+        _check_shape(slot, state_dict[key], source, model.conv_mlp)
+        value = np.asarray(state_dict[key])  # reads a lazy tensor now, one at a time
+        check_finite({key: value}, source, target_dtype=slot.variable.dtype)
+        converted = slot.to_keras(value)
         slot.variable.assign(converted.astype(slot.variable.dtype, copy=False))
         used.add(key)
     unexpected = sorted(set(state_dict) - used - droppable)
@@ -120,7 +122,7 @@ def _initialise(variable):
     variable.assign(keras.initializers.get(init)(variable.shape, dtype=variable.dtype))
 
 
-def _to_keras(slot, value, source, conv_mlp):
+def _check_shape(slot, value, source, conv_mlp):
     expected = slot.timm_shape(conv_mlp)
     allowed = {tuple(expected)}
     if ".mlp.fc" in slot.timm_key or "pre_logits" in slot.timm_key or "head.fc" in slot.timm_key:
@@ -131,7 +133,6 @@ def _to_keras(slot, value, source, conv_mlp):
             f"expected {tuple(expected)} for Keras weight {slot.variable.path!r} "
             f"{tuple(slot.variable.shape)}"
         )
-    return slot.to_keras(value)
 
 
 def export_timm_state_dict(model):

@@ -44,8 +44,10 @@ FOLDER_WEIGHTS = (
 )
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, lazy=False):
     """Read `path` (file or model folder) into `{key: numpy.ndarray}`.
+
+    `lazy=True`: safetensors values are `LazyTensor`s, read when converted to arrays.
 
     Wrappers (`model`, `state_dict`, `module`, else `model_ema` / `state_dict_ema`)
     are unwrapped and `module.` / `_orig_mod.` prefixes stripped. Raises
@@ -53,12 +55,12 @@ def load_checkpoint(path):
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        return load_checkpoint(weights_file_in(path))
+        return load_checkpoint(weights_file_in(path), lazy)
     kind = sniff_format(path)
     if kind == "safetensors":
-        return read_safetensors(path)
+        return read_safetensors(path, lazy)
     if kind == "index":
-        return read_sharded(path)
+        return read_sharded(path, lazy)
     return read_torch_pickle(path, zipped=kind == "torch_zip")
 
 
@@ -201,18 +203,42 @@ def _decode(raw, dtype):
     return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
 
-def read_safetensors(path):
-    """Read a safetensors file, one tensor at a time straight into its array (one copy in memory)."""
-    out = {}
+class LazyTensor:
+    """One tensor of a validated safetensors file, read from disk each time it is turned into an array.
+
+    Lets a conversion hold one tensor in memory at a time (`np.asarray(t)` reads it).
+    """
+
+    def __init__(self, path, key, dtype, shape, offset, nbytes):
+        self.path, self.key, self.stored_dtype = path, key, dtype
+        self.shape, self.ndim = tuple(shape), len(shape)
+        self._offset, self._nbytes = offset, nbytes
+
+    def __array__(self, dtype=None, copy=None):
+        raw = np.empty(self.shape, dtype=SAFETENSORS_DTYPES[self.stored_dtype])
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:
+                raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
+        value = _decode(raw, self.stored_dtype)
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def reshape(self, *shape):
+        return np.asarray(self).reshape(*shape)
+
+
+def read_safetensors(path, lazy=False):
+    """Read a safetensors file, one tensor at a time straight into its array (one copy in memory).
+
+    With `lazy=True` the header is validated now and each value is a `LazyTensor`.
+    """
     with open(path, "rb") as f:
         entries, data_start = read_safetensors_header(path, f, os.fstat(f.fileno()).st_size)
-        for key, (dtype, shape, begin, end) in entries.items():
-            raw = np.empty(shape, dtype=SAFETENSORS_DTYPES[dtype])
-            f.seek(data_start + begin)
-            if f.readinto(raw.reshape(-1).view(np.uint8)) != end - begin:
-                raise CheckpointFormatError(f"{path}: tensor {key!r}: the file ended early (changed while read?)")
-            out[key] = _decode(raw, dtype)
-    return out
+    tensors = {
+        key: LazyTensor(path, key, dtype, shape, data_start + begin, end - begin)
+        for key, (dtype, shape, begin, end) in entries.items()
+    }
+    return tensors if lazy else {key: np.asarray(t) for key, t in tensors.items()}
 
 
 # --- PyTorch pickles ---------------------------------------------------------------------------
@@ -311,7 +337,7 @@ def unwrap_state_dict(obj, source):
 
 # --- sharded checkpoints -----------------------------------------------------------------------
 
-def read_sharded(index_path):
+def read_sharded(index_path, lazy=False):
     """Read a sharded checkpoint from its `*.index.json`; every key must be in the shard the index names."""
     try:
         with open(index_path, encoding="utf-8-sig") as f:
@@ -337,7 +363,7 @@ def read_sharded(index_path):
             raise CheckpointFormatError(f"{index_path}: shard {shard!r} is missing")
         if sniff_format(shard_path) == "index":
             raise CheckpointFormatError(f"{index_path}: shard {shard!r} is itself an index")
-        tensors = load_checkpoint(shard_path)
+        tensors = load_checkpoint(shard_path, lazy)
         missing, extra = sorted(keys - tensors.keys()), sorted(tensors.keys() - keys)
         if missing:
             raise CheckpointFormatError(f"{index_path}: key {missing[0]!r} is mapped to {shard!r}, which lacks it")

@@ -1,0 +1,136 @@
+"""`python -m converters.timm_to_keras`: outputs, --verify, and bad input that leaves nothing behind."""
+import json
+import os
+import pickle
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from converters import BadValueError, KeyMismatchError, ShapeMismatchError, convert, load_checkpoint
+from converters.timm_to_keras import main
+from convnext_hub import create_model
+from tests.checkpoint_factory import random_timm_model, save_safetensors, state_dict_numpy, timm_to_official
+
+ARCH = "convnextv2_atto"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = random_timm_model(ARCH, num_classes=6, seed=7)
+    return model, state_dict_numpy(model)
+
+
+def _save(sd, path):
+    save_safetensors(sd, path)
+    return str(path)
+
+
+def _outputs(model, size=64):
+    x = np.random.RandomState(1).rand(2, size, size, 3).astype("float32")
+    return keras.ops.convert_to_numpy(model(x))
+
+
+def test_random_init_verify_writes_weights_and_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--random-init", ARCH, "--out", str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PASS") == 5 and "FAIL" not in printed
+    config = json.loads((out / "config.json").read_text())
+    model = create_model(config["architecture"], num_classes=config["model_config"]["num_classes"])
+    model.load_weights(out / "model.weights.h5")
+    assert sorted(os.listdir(out)) == ["config.json", "model.weights.h5"]
+
+
+def test_file_to_keras_format_round_trips(reference, tmp_path):
+    ref, sd = reference
+    out = tmp_path / "out"
+    assert main([_save(sd, tmp_path / "w.safetensors"), "--out", str(out), "--format", "keras", "--verify"]) == 0
+    restored = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(_outputs(restored), _outputs(convert(sd)))
+
+
+def test_num_classes_override_drops_head_and_verifies_stages(reference, tmp_path, capsys):
+    _, sd = reference
+    out = tmp_path / "out"
+    assert main([_save(sd, tmp_path / "w.safetensors"), "--out", str(out), "--num-classes", "3", "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PASS") == 4 and "logits" not in printed
+
+
+def test_swapped_kernel_is_caught_by_the_numeric_check(reference):
+    """A 7x7 kernel with H and W swapped passes every shape check (square); only outputs reveal it.
+
+    A checkpoint that stores it swapped is indistinguishable from a different
+    network; a mapping that swaps it is caught by the equivalence bar.
+    """
+    ref, sd = reference
+    model = convert(sd)
+    layer = model.get_layer("stages_1_blocks_0_conv_dw")
+    layer.kernel.assign(keras.ops.transpose(layer.kernel, (1, 0, 2, 3)))
+    x = np.random.RandomState(0).standard_normal((2, 3, 64, 64)).astype("float32")
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    actual = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1)))
+    assert np.abs(actual - expected).max() > 1e-2 * np.abs(expected).max()
+
+
+def _mutations(sd):
+    key = "stages.2.blocks.1.mlp.fc1.weight"
+    missing = {k: v for k, v in sd.items() if k != key}
+    extra = dict(sd, **{"stages.2.blocks.1.mlp.fc3.weight": sd[key]})
+    wrong = dict(sd, **{key: sd[key][:, :-1]})
+    nan = dict(sd, **{key: np.where(np.arange(sd[key].size).reshape(sd[key].shape) == 5, np.nan, sd[key])})
+    official = timm_to_official(sd)
+    mixed = dict(sd, **{k: v for k, v in official.items() if k.startswith("downsample_layers.1")})
+    return {
+        "missing": (missing, KeyMismatchError, [key]),
+        "unexpected": (extra, KeyMismatchError, ["mlp.fc3.weight"]),
+        "wrong_shape": (wrong, ShapeMismatchError, [key, "(640, 159, 1, 1)", "(640, 160, 1, 1)"]),
+        "nan": (nan, BadValueError, [key, "NaN"]),
+        "mixed_layouts": (mixed, KeyMismatchError, ["downsample_layers.1", "timm"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "unexpected", "wrong_shape", "nan", "mixed_layouts"])
+def test_bad_state_dicts_name_file_and_key(reference, tmp_path, capsys, case):
+    _, sd = reference
+    bad, error, fragments = _mutations(sd)[case]
+    path = _save(bad, tmp_path / f"{case}.safetensors")
+    with pytest.raises(error) as info:
+        convert(load_checkpoint(path), source=path)
+    for fragment in [path, *fragments]:
+        assert fragment in str(info.value)
+    out = tmp_path / "out"
+    assert main([path, "--out", str(out)]) == 2
+    assert path in capsys.readouterr().err
+    assert not out.exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "not_a_checkpoint", "unsafe_pickle"])
+def test_bad_files_exit_2_and_write_nothing(reference, tmp_path, capsys, case):
+    _, sd = reference
+    path = tmp_path / "input.bin"
+    marker = tmp_path / "code_ran"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        _save(sd, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "not_a_checkpoint":
+        path.write_text("<html>rate limited</html>")
+    else:
+        payload = _RunsCode()
+        payload.marker = marker
+        torch.save({"state_dict": {"stem.0.weight": torch.zeros(1)}, "x": payload}, path, pickle_module=pickle)
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out)]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert not out.exists() and not marker.exists()
+    assert sorted(os.listdir(tmp_path)) == ["input.bin"]
