@@ -59,7 +59,7 @@ def read_source(args):
         return sd, f"random {args.random_init}", args.random_init
     path = Path(args.source)
     if path.exists():
-        return load_checkpoint(path), str(path), args.arch
+        return load_checkpoint(path, lazy=True), str(path), args.arch
     return _download(args.source, args.revision), args.source, args.arch
 
 
