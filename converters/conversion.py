@@ -1,6 +1,7 @@
 """timm state dict <-> Keras model, strict, through `mapping.weight_slots`."""
 import logging
 
+import keras
 import numpy as np
 
 from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError, check_finite
@@ -93,8 +94,7 @@ def load_timm_state_dict(model, state_dict, source="<state dict>", progress=Fals
         _check_shape(slot, state_dict[key], source, model.conv_mlp)
         value = np.asarray(state_dict[key])  # reads a lazy tensor now, one at a time
         check_finite({key: value}, source, target_dtype=slot.variable.dtype)
-        converted = slot.to_keras(value)
-        slot.variable.assign(converted.astype(slot.variable.dtype, copy=False))
+        slot.variable.assign(keras.ops.cast(slot.to_keras(value), slot.variable.dtype))
         used.add(key)
     unexpected = sorted(set(state_dict) - used - droppable)
     if unexpected:
@@ -113,8 +113,6 @@ def load_timm_state_dict(model, state_dict, source="<state dict>", progress=Fals
 
 def _initialise(variable):
     """timm's initialisation: kernels truncated normal(0.02), norm scales 1, the rest 0."""
-    import keras
-
     from convnext_hub.model import kernel_initializer
 
     name = variable.path.rsplit("/", 1)[-1]

@@ -22,66 +22,52 @@ def timm_module_path(layer_name):
     return path
 
 
-# Layout changes: numpy arrays in, numpy arrays out.
-def _conv_to_keras(w):
-    return w.transpose(2, 3, 1, 0)
-
-
-def _conv_to_timm(w):
-    return w.transpose(3, 2, 0, 1)
-
-
-def _swap_depthwise(w):
-    """(C, 1, kh, kw) <-> (kh, kw, C, 1): the same permutation both ways."""
-    return w.transpose(2, 3, 0, 1)
-
-
-def _linear_to_keras(w):
-    return w.reshape(w.shape[0], w.shape[1]).T  # accepts 1x1-conv (out, in, 1, 1) too
-
-
-def _same(w):
-    return w
-
-
-# Keras layer type -> [(Keras variable attribute, timm key suffix, to_keras, to_timm)].
-# The suffix is appended to the layer's timm module path; "" means the path itself.
+# Keras layer type -> [(Keras variable attribute, timm key suffix, axes)]. The suffix is
+# appended to the layer's timm module path ("" means the path itself); `axes` permutes the
+# timm tensor into the Keras layout (None: same layout).
+_CONV = (2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+_DEPTHWISE = (2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+_LINEAR = (1, 0)  # (out, in) -> (in, out); a 1x1 conv (out, in, 1, 1) is read as (out, in)
 _TABLE = (
-    (keras.layers.DepthwiseConv2D, [("kernel", ".weight", _swap_depthwise, _swap_depthwise),
-                                    ("bias", ".bias", _same, _same)]),
-    (keras.layers.Conv2D, [("kernel", ".weight", _conv_to_keras, _conv_to_timm),
-                           ("bias", ".bias", _same, _same)]),
-    (keras.layers.Dense, [("kernel", ".weight", _linear_to_keras, None),
-                          ("bias", ".bias", _same, _same)]),
-    (keras.layers.LayerNormalization, [("gamma", ".weight", _same, _same),
-                                       ("beta", ".bias", _same, _same)]),
-    (GlobalResponseNorm, [("gamma", ".weight", _same, _same),
-                          ("beta", ".bias", _same, _same)]),
-    (RMSNorm, [("gamma", ".weight", _same, _same)]),  # SimpleNorm too (a subclass)
-    (LayerScale, [("gamma", "", _same, _same)]),
+    (keras.layers.DepthwiseConv2D, [("kernel", ".weight", _DEPTHWISE), ("bias", ".bias", None)]),
+    (keras.layers.Conv2D, [("kernel", ".weight", _CONV), ("bias", ".bias", None)]),
+    (keras.layers.Dense, [("kernel", ".weight", _LINEAR), ("bias", ".bias", None)]),
+    (keras.layers.LayerNormalization, [("gamma", ".weight", None), ("beta", ".bias", None)]),
+    (GlobalResponseNorm, [("gamma", ".weight", None), ("beta", ".bias", None)]),
+    (RMSNorm, [("gamma", ".weight", None)]),  # SimpleNorm too (a subclass)
+    (LayerScale, [("gamma", "", None)]),
 )
 
 
 class WeightSlot:
     """One Keras variable and the timm tensor that belongs in it."""
 
-    def __init__(self, layer, variable, timm_key, to_keras, to_timm):
+    def __init__(self, layer, variable, timm_key, axes):
         self.layer = layer
         self.variable = variable
         self.timm_key = timm_key
-        self.to_keras = to_keras
-        self.to_timm = to_timm
+        self.axes = axes
+
+    def to_keras(self, value):
+        """timm layout -> Keras layout; the transpose runs on the backend (multi-threaded, cache-aware)."""
+        if self.axes is None:
+            return value
+        if self.axes == _LINEAR:
+            value = value.reshape(value.shape[:2])
+        return keras.ops.transpose(keras.ops.convert_to_tensor(value), self.axes)
+
+    def to_timm_array(self, value, conv_mlp):
+        """Keras layout (numpy) -> timm layout; block MLPs are 1x1 convs in `conv_mlp` models."""
+        if self.axes is None:
+            return value
+        value = value.transpose(np.argsort(self.axes))
+        if self.axes == _LINEAR and conv_mlp and ".mlp.fc" in self.timm_key:
+            value = value[:, :, None, None]
+        return value
 
     def timm_shape(self, conv_mlp):
         """The shape timm stores this tensor in."""
         return self.to_timm_array(np.empty(self.variable.shape, np.float32), conv_mlp).shape
-
-    def to_timm_array(self, value, conv_mlp):
-        if self.to_timm is not None:
-            return self.to_timm(value)
-        linear = value.T
-        is_block_mlp = ".mlp.fc" in self.timm_key
-        return linear[:, :, None, None] if conv_mlp and is_block_mlp else linear
 
 
 def weight_slots(model):
@@ -94,8 +80,8 @@ def weight_slots(model):
         if entry is None:
             raise TypeError(f"No timm mapping for layer {layer.name!r} of type {type(layer).__name__}")
         path = timm_module_path(layer.name)
-        for attr, suffix, to_keras, to_timm in entry:
-            slots.append(WeightSlot(layer, getattr(layer, attr), path + suffix, to_keras, to_timm))
+        for attr, suffix, axes in entry:
+            slots.append(WeightSlot(layer, getattr(layer, attr), path + suffix, axes))
     if len(slots) != len(model.weights):
         raise AssertionError("weight_slots missed some variables of the model")
     return slots
