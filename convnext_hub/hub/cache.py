@@ -71,8 +71,8 @@ class Entry:
     meta: dict
 
     def state_dict(self):
-        """The cached `{timm key: float32 ndarray}`."""
-        return read_safetensors(os.fspath(self.path / WEIGHTS_FILE))
+        """The cached `{timm key: float32 array}`; each tensor is read when used (one in memory at a time)."""
+        return read_safetensors(os.fspath(self.path / WEIGHTS_FILE), lazy=True)
 
 
 class Cache:

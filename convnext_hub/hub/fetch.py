@@ -52,6 +52,7 @@ def weight_files(tag):
 
 
 def is_offline(local_files_only):
+    """True when no request may be made (`local_files_only=True` or HF_HUB_OFFLINE=1)."""
     return bool(local_files_only) or constants.is_offline_mode()
 
 

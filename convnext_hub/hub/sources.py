@@ -16,7 +16,7 @@ import huggingface_hub
 import keras
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from converters import check_finite, infer_architecture, load_checkpoint, to_timm_keys
+from converters import ArchitectureError, check_finite, infer_architecture, load_checkpoint, to_timm_keys
 from converters.conversion import checkpoint_num_classes, convert, export_timm_state_dict, load_timm_state_dict
 from converters.version import CONVERTER_VERSION
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 KERAS_CONFIG = "config.json"
 KERAS_WEIGHTS = "model.weights.h5"
-HEAD_FLAGS = ("num_classes", "include_top", "features_only")
+HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
 
 
 @dataclass
@@ -41,14 +41,14 @@ class Weights:
     num_classes: int  # classes of the stored classifier; 0 when it has none
     pretrained_cfg: dict
     source: str  # for messages
-    state_dict: dict | None = None  # timm keys, float32
+    state_dict: dict | None = None  # timm keys, float32 arrays or lazily read tensors
     keras_file: str | None = None  # `.weights.h5` / `.keras` of a model with `stored_config`
     stored_config: dict | None = None
 
     def load_into(self, model):
         """Set every weight of `model` (built for `architecture`); a different head is left fresh."""
         if self.keras_file is not None and all(
-            getattr(model, flag) == self.stored_config.get(flag) for flag in HEAD_FLAGS
+            getattr(model, flag) == self.stored_config[flag] for flag in HEAD_DEFAULTS
         ):
             load_weights_file(model, self.keras_file)
         else:
@@ -57,7 +57,7 @@ class Weights:
 
     def timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
-            stored = create_model(self.architecture, **{k: self.stored_config[k] for k in HEAD_FLAGS})
+            stored = create_model(self.architecture, **self.stored_config)
             load_weights_file(stored, self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
@@ -171,8 +171,8 @@ def _require_torch(remote):
 
 
 def timm_state_dict(path):
-    """A checkpoint file or folder as a finite, timm-keyed `{key: ndarray}`."""
-    state_dict = to_timm_keys(load_checkpoint(path), source=os.fspath(path))
+    """A checkpoint file or folder as a finite, timm-keyed `{key: array}` (safetensors read lazily)."""
+    state_dict = to_timm_keys(load_checkpoint(path, lazy=True), source=os.fspath(path))
     check_finite(state_dict, os.fspath(path))
     return state_dict
 
@@ -228,17 +228,18 @@ def from_keras_files(config_path, weights_path):
             f"{config_path}: not a convnext_hub config.json (needs 'architecture' and 'model_config'): {e}"
         ) from e
     _check_structure(architecture, model_config, config_path)
+    return _keras_weights(architecture, model_config, dict(config.get("pretrained_cfg") or {}), weights_path)
+
+
+def _keras_weights(architecture, model_config, pretrained_cfg, keras_file):
+    stored = {flag: model_config.get(flag, default) for flag, default in HEAD_DEFAULTS.items()}
     return Weights(
         architecture=architecture,
-        num_classes=int(model_config.get("num_classes", 0)) if model_config.get("include_top", True) else 0,
-        pretrained_cfg=dict(config.get("pretrained_cfg") or {}),
-        source=os.fspath(weights_path),
-        keras_file=os.fspath(weights_path),
-        stored_config={
-            "num_classes": model_config.get("num_classes", 0),
-            "include_top": model_config.get("include_top", True),
-            "features_only": model_config.get("features_only", False),
-        },
+        num_classes=stored["num_classes"] if stored["include_top"] else 0,
+        pretrained_cfg=pretrained_cfg,
+        source=os.fspath(keras_file),
+        keras_file=os.fspath(keras_file),
+        stored_config=stored,
     )
 
 
@@ -247,11 +248,12 @@ def _check_structure(architecture, model_config, path):
     try:
         expected = variants.architecture(architecture)
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: unknown architecture {architecture!r}") from e
+        raise ArchitectureError(f"{path}: unknown architecture {architecture!r}") from e
     for key, value in expected.items():
         stored = model_config.get(key, value)
         if json.loads(json.dumps(stored)) != json.loads(json.dumps(value)):
-            raise ValueError(f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
+            raise ArchitectureError(
+                f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
 
 
 # --------------------------------------------------------------------------- local files
@@ -275,7 +277,7 @@ def from_local(path):
     state_dict = timm_state_dict(path)
     architecture = infer_architecture(state_dict, source=os.fspath(path))["arch"]
     if architecture is None:
-        raise ValueError(f"{path}: the weights fit no known ConvNeXt architecture")
+        raise ArchitectureError(f"{path}: the weights fit no known ConvNeXt architecture")
     num_classes = checkpoint_num_classes(state_dict)
     return Weights(
         architecture=architecture,
@@ -290,12 +292,5 @@ def _from_keras_archive(path):
     config = read_keras_config(path).get("config", {})
     architecture = config.get("architecture")
     if architecture is None:
-        raise ValueError(f"{path}: the model config names no timm architecture")
-    return Weights(
-        architecture=architecture,
-        num_classes=config.get("num_classes", 0) if config.get("include_top", True) else 0,
-        pretrained_cfg={"architecture": architecture, "source": {"path": str(path)}},
-        source=os.fspath(path),
-        keras_file=os.fspath(path),
-        stored_config={flag: config.get(flag) for flag in HEAD_FLAGS},
-    )
+        raise ArchitectureError(f"{path}: the model config names no timm architecture")
+    return _keras_weights(architecture, config, {"architecture": architecture, "source": {"path": str(path)}}, path)

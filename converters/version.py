@@ -1,0 +1,6 @@
+"""Version of the conversion rules; part of every converted-weights cache key.
+
+Bump it whenever a change to `converters` changes the weights a conversion
+produces, so that caches built by older code are not reused.
+"""
+CONVERTER_VERSION = "1"
