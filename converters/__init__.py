@@ -10,6 +10,7 @@ from .errors import (
 )
 from .layouts import check_architecture, detect_layout, infer_architecture, to_timm_keys
 from .readers import load_checkpoint
+from .version import CONVERTER_VERSION
 
 # These import keras; loaded on first use so `import converters` stays light.
 _KERAS_SIDE = {name: "conversion" for name in ("convert", "export_timm_state_dict", "load_timm_state_dict")}
@@ -23,6 +24,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "CONVERTER_VERSION",
     "ArchitectureError",
     "BadValueError",
     "CheckpointFormatError",

@@ -4,7 +4,7 @@ import os
 
 import checkpoints
 
-from ..model import create_model
+from ..model import create_model, zeros_initialized
 from . import sources
 from .cache import Cache
 
@@ -74,7 +74,9 @@ def load_pretrained(
     )
     if input_shape is not None:
         model_kwargs["input_shape"] = tuple(input_shape)
-    model = weights.load_into(create_model(weights.architecture, **model_kwargs))
+    with zeros_initialized():  # every weight is loaded next, or re-initialised if left fresh
+        model = create_model(weights.architecture, **model_kwargs)
+    model = weights.load_into(model)
     model.pretrained_cfg = weights.pretrained_cfg
     _state_license(weights.pretrained_cfg)
     _note_input_size(weights.pretrained_cfg, input_shape)

@@ -21,7 +21,7 @@ from converters.conversion import checkpoint_num_classes, convert, export_timm_s
 from converters.version import CONVERTER_VERSION
 
 from .. import variants
-from ..model import create_model
+from ..model import create_model, zeros_initialized
 from ..weights_io import load_weights_file, read_keras_config
 from . import fetch
 from .cache import entry_key
@@ -57,7 +57,8 @@ class Weights:
 
     def timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
-            stored = create_model(self.architecture, **self.stored_config)
+            with zeros_initialized():
+                stored = create_model(self.architecture, **self.stored_config)
             load_weights_file(stored, self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
