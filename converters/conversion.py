@@ -12,6 +12,7 @@ logger = logging.getLogger("converters")
 
 CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
 HEAD_PREFIXES = ("head.", "norm_pre.")
+MAX_CLASSES = 1_000_000  # ImageNet-22k has 21,841; more is a corrupt or hostile header
 
 
 def checkpoint_num_classes(state_dict):
@@ -45,6 +46,10 @@ def convert(state_dict, arch=None, *, source="<state dict>", progress=False, **m
     else:
         layouts.check_architecture(state_dict, arch, source=source)
     model_kwargs.setdefault("num_classes", checkpoint_num_classes(state_dict))
+    if model_kwargs["num_classes"] > MAX_CLASSES:  # refuse before allocating a giant head
+        raise ShapeMismatchError(
+            f"{source}: 'head.fc.weight' declares {model_kwargs['num_classes']} classes (at most {MAX_CLASSES})"
+        )
     with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
         model = create_model(arch, **model_kwargs)
     return load_timm_state_dict(model, state_dict, source=source, progress=progress)

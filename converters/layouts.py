@@ -131,7 +131,7 @@ def _add_clip_head_biases(out):
     """open_clip's projection has no bias by default; timm's head.fc has one: zeros, as timm does."""
     if "head.fc.weight" in out and "head.fc.bias" not in out:
         weight = np.asarray(out["head.fc.weight"])
-        out["head.fc.bias"] = np.zeros(weight.shape[:1], dtype=weight.dtype)
+        out["head.fc.bias"] = np.broadcast_to(np.zeros((), weight.dtype), weight.shape[:1])
 
 
 # --- architecture ------------------------------------------------------------------------------
@@ -176,7 +176,10 @@ def _mismatches(info, spec):
 def _shape(state_dict, key, source):
     if key not in state_dict:
         raise ArchitectureError(f"{source}: cannot infer the architecture: no {key!r} (are the keys in timm layout?)")
-    return tuple(np.shape(state_dict[key]))
+    shape = tuple(np.shape(state_dict[key]))
+    if not shape:
+        raise ArchitectureError(f"{source}: cannot infer the architecture: {key!r} is 0-d")
+    return shape
 
 
 def _stem(state_dict, dims0, source):
@@ -229,8 +232,8 @@ def infer_architecture(state_dict, source="state dict"):
         "norm": "layernorm" if f"stem.{stem_norm}.bias" in state_dict else None,
         "conv_mlp": len(_shape(state_dict, "stages.0.blocks.0.mlp.fc1.weight", source)) == 4,
         "head_norm_first": "norm_pre.weight" in state_dict,
-        "head_hidden_size": None if pre_logits is None else int(np.shape(pre_logits)[0]),
-        "num_classes": int(np.shape(state_dict["head.fc.weight"])[0]) if "head.fc.weight" in state_dict else 0,
+        "head_hidden_size": None if pre_logits is None else _shape(state_dict, "head.pre_logits.fc.weight", source)[0],
+        "num_classes": _shape(state_dict, "head.fc.weight", source)[0] if "head.fc.weight" in state_dict else 0,
         "kernel_size": _shape(state_dict, "stages.0.blocks.0.conv_dw.weight", source)[-1],
         "patch_size": patch_size,
     }

@@ -8,6 +8,7 @@ as float32 (float16 and bfloat16 are widened exactly); other dtypes keep theirs.
 """
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -142,7 +143,7 @@ def read_safetensors_header(path, f, size):
         header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
         raise CheckpointFormatError(f"{path}: duplicate key {e.args[0]!r} in the safetensors header") from None
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointFormatError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
@@ -156,12 +157,14 @@ def read_safetensors_header(path, f, size):
         if not isinstance(info, dict):
             raise CheckpointFormatError(f"{path}: tensor {key!r}: header entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise CheckpointFormatError(
                 f"{path}: tensor {key!r}: unsupported dtype {dtype!r} (known: {', '.join(SAFETENSORS_DTYPES)})"
             )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise CheckpointFormatError(f"{path}: tensor {key!r}: bad shape {shape!r}")
+        if len(shape) > 32 or math.prod(max(d, 1) for d in shape) * 8 >= 2**63:
+            raise CheckpointFormatError(f"{path}: tensor {key!r}: shape {shape!r} is beyond what numpy can hold")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1]):
             raise CheckpointFormatError(f"{path}: tensor {key!r}: bad data_offsets {offsets!r}")
@@ -298,8 +301,16 @@ def read_torch_pickle(path, zipped=True):
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointFormatError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        value = value.detach().cpu()
-        out[key] = (value.float() if value.is_floating_point() else value).numpy()
+        try:
+            if value.layout != torch.strided or value.is_nested or value.is_quantized or value.device.type != "cpu":
+                raise TypeError(f"a {value.layout} {value.dtype} tensor on {value.device}")
+            if value.numel() > max(value.untyped_storage().nbytes(), 1):
+                raise ValueError(f"shape {tuple(value.shape)} with strides {value.stride()} declares more "
+                                 f"elements than its storage holds ({value.untyped_storage().nbytes()} bytes)")
+            value = value.detach().resolve_conj().resolve_neg()
+            out[key] = (value.float() if value.is_floating_point() else value).numpy()
+        except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+            raise CheckpointFormatError(f"{path}: tensor {key!r} cannot be read as an array: {e}") from None
     return out
 
 
@@ -342,7 +353,7 @@ def read_sharded(index_path, lazy=False):
     try:
         with open(index_path, encoding="utf-8-sig") as f:
             index = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointFormatError(f"{index_path}: not a readable JSON index ({e})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

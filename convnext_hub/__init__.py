@@ -1,13 +1,22 @@
 """Native Keras 3 ConvNeXt V1 / V2 models and timm's pretrained weights."""
+from checkpoints import list_pretrained
+
 from .faces import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2
-from .hub import load_pretrained
 from .labels import decode_predictions
 from .layers import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
 from .model import ConvNeXt, create_model
 from .preprocessing import Preprocessor, preprocess_input
 from .variants import ARCHITECTURES, list_models
 
-from checkpoints import list_pretrained  # noqa: E402  (data only)
+
+
+def __getattr__(name):
+    # The hub imports the converters, which import this package's layers: load it on first use.
+    if name == "load_pretrained":
+        from .hub import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
