@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,7 +12,14 @@ import torch
 from converters import BadValueError, KeyMismatchError, ShapeMismatchError, convert, load_checkpoint
 from converters.timm_to_keras import main
 from convnext_hub import create_model
-from tests.checkpoint_factory import random_timm_model, save_safetensors, state_dict_numpy, timm_to_official
+from tests.checkpoint_factory import (
+    random_timm_model,
+    save_safetensors,
+    state_dict_numpy,
+    timm_to_clip,
+    timm_to_official,
+)
+from tests.hub_server import local_hub  # noqa: F401  (fixture)
 
 ARCH = "convnextv2_atto"
 
@@ -134,3 +142,50 @@ def test_bad_files_exit_2_and_write_nothing(reference, tmp_path, capsys, case):
     assert str(path) in capsys.readouterr().err
     assert not out.exists() and not marker.exists()
     assert sorted(os.listdir(tmp_path)) == ["input.bin"]
+
+
+def test_timm_hub_name_is_downloaded_and_verified(local_hub, reference, tmp_path, capsys):
+    """SOURCE as a timm Hub name goes through huggingface_hub (here: the local Hub)."""
+    ref = random_timm_model("convnext_atto", num_classes=1000, seed=8)
+    path = _save(state_dict_numpy(ref), tmp_path / "model.safetensors")
+    local_hub.add_commit("timm/convnext_atto.d2_in1k", {"model.safetensors": Path(path)})
+    out = tmp_path / "out"
+    assert main(["convnext_atto.d2_in1k", "--out", str(out), "--verify"]) == 0
+    assert capsys.readouterr().out.count("PASS") == 5
+    assert local_hub.file_requests("model.safetensors", method="GET")
+
+
+def _stage_maps(model, ref, x):
+    ends = [model.get_layer(f"stages_{i}_blocks_{d - 1}_add").output for i, d in enumerate(model.depths)]
+    actual = keras.Model(model.input, ends)(x.transpose(0, 2, 3, 1))
+    with torch.no_grad():
+        expected = ref.forward_intermediates(torch.from_numpy(x), intermediates_only=True)
+    return [(keras.ops.convert_to_numpy(a), e.permute(0, 2, 3, 1).numpy()) for a, e in zip(actual, expected)]
+
+
+@pytest.mark.parametrize("include_top", [True, False])
+def test_headless_checkpoint_converts(reference, include_top, caplog):
+    """fcmae-style weights (no head at all): the backbone converts, a head is freshly initialised."""
+    ref, sd = reference
+    headless = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    model = convert(headless, include_top=include_top)
+    assert model.num_classes == 0
+    x = np.random.RandomState(2).standard_normal((1, 3, 64, 64)).astype("float32")
+    for actual, expected in _stage_maps(model, ref, x):
+        assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+    if include_top:
+        assert "head_norm/gamma" in caplog.text
+
+
+def test_clip_tower_with_projection_converts():
+    """open_clip image tower: trunk + bias-free projection become timm's head.fc with a zero bias."""
+    ref = random_timm_model("convnext_atto", num_classes=12, seed=9)
+    with torch.no_grad():
+        ref.head.fc.bias.zero_()
+    model = convert(timm_to_clip(state_dict_numpy(ref)))
+    assert model.num_classes == 12
+    x = np.random.RandomState(3).standard_normal((2, 3, 64, 64)).astype("float32")
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    actual = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1)))
+    assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
