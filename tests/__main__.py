@@ -16,6 +16,7 @@ BACKEND_MODULES = [
     "tests/test_training.py",
     "tests/test_equivalence.py",
     "tests/test_preprocessing.py",
+    "tests/test_finetune.py",
 ]
 
 
