@@ -121,12 +121,16 @@ def write_output(model, out, fmt, source):
             model.save_weights(staging / "model.weights.h5")
         config = {"architecture": model.architecture, "model_config": model.get_config(), "source": source}
         (staging / "config.json").write_text(json.dumps(config, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
+        old = None
+        if out.exists():  # a directory cannot be replaced in one step: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

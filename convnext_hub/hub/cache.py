@@ -94,9 +94,21 @@ class Cache:
         return None
 
     def lookup_ref(self, name, revision):
-        """The intact entry `revision` of `name` last resolved to, or None."""
+        """The intact entry `revision` of `name` last resolved to, or None.
+
+        Refs written by another converter or Keras version are ignored: their
+        entries are not this version's conversion.
+        """
         key = self.read_ref(name, revision)
-        return self.lookup(name, key) if key else None
+        return self.lookup(name, key) if key and key.endswith(entry_key("")) else None
+
+    def recorded_commit(self, name, revision):
+        """The source commit of the entry `revision` last resolved to, even one of another converter version."""
+        key = self.read_ref(name, revision)
+        try:
+            return json.loads((self.root / "entries" / name / key / META_FILE).read_text())["source"]["revision"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def read_ref(self, name, revision):
         """What `write_ref` last recorded for `revision` of `name`, or None."""
@@ -157,10 +169,10 @@ class Cache:
 
     def _not_writable(self, path, error):
         return CacheNotWritableError(
-            error.errno or errno.EACCES,
+            getattr(error, "errno", None) or errno.EACCES,
             f"convnext_hub cache directory {self.root} is not writable: cannot create {path} "
-            f"({error.strerror or error}). Pass cache_dir= to load_pretrained or set CONVNEXT_HUB_CACHE "
-            "to a writable directory.",
+            f"({getattr(error, 'strerror', None) or error}). Pass cache_dir= to load_pretrained or set "
+            "CONVNEXT_HUB_CACHE to a writable directory.",
         )
 
     def _new_tmp_dir(self, key):
@@ -196,8 +208,10 @@ class Cache:
                 shutil.rmtree(tmp, ignore_errors=True)  # another process renamed its copy first
                 return self.lookup(name, key) or self._write(name, key, state_dict, meta)
             _fsync(final.parent)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, OSError) or type(error).__name__ == "SafetensorError":  # e.g. disk full
+                raise self._not_writable(tmp, error) from error
             raise
         logger.info("cached converted weights of %s in %s", name, final)
         return Entry(final, meta)

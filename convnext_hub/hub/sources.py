@@ -80,8 +80,8 @@ def from_registry(entry, cache, revision=None, token=None, local_files_only=Fals
     hit = cache.lookup_ref(name, revision) if offline or _is_commit(revision) else None
     if hit is None and not offline:
         hit = _from_hub(entry, cache, revision, token)
-    if hit is None:
-        hit = _from_hf_cache(entry, cache, revision, offline)
+    if hit is None:  # downloads are by commit, so look for the commit `revision` last had
+        hit = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
     meta = hit.meta
     return Weights(
         architecture=meta["architecture"],
