@@ -518,8 +518,9 @@ def sigkill_load_loop(reference, hf_cache, work, random_kills, seed, pick_events
 
     try:
         calibrate()
+        events = list(stats.events)  # the numbering of the "event" plans
         plans = [("fraction", rng.random()) for _ in range(random_kills)]
-        plans += [("event", k) for k in pick_events(stats.events)]
+        plans += [("event", k) for k in pick_events(events)]
         children.total = 1 + len(plans) + ((len(plans) - 1) // recalibrate_every if recalibrate_every else 0)
         for n, (kind, value) in enumerate(plans):
             if recalibrate_every and n and n % recalibrate_every == 0:
@@ -528,7 +529,7 @@ def sigkill_load_loop(reference, hf_cache, work, random_kills, seed, pick_events
             root, stderr_path = work / f"run{i}", work / f"run{i}.stderr"
             delay = value * stats.calibration_s if kind == "fraction" else None
             label = f"run {i} (" + (f"{delay:.3f} s" if delay is not None else
-                                    f"after {stats.events[value - 1]} #{value}") + ")"
+                                    f"after {events[value - 1]} #{value}") + ")"
             proc = children.take(i)
             stats.runs += 1
             code, _, _ = run_child(proc, stderr_path, f"go {value if kind == 'event' else -1}", kill_after=delay,
