@@ -65,7 +65,10 @@ class GlobalResponseNorm(keras.layers.Layer):
         x32 = ops.cast(x, "float32")
         gx = ops.sqrt(ops.sum(ops.square(x32), axis=(1, 2), keepdims=True))
         nx = gx / (ops.mean(gx, axis=-1, keepdims=True) + self.epsilon)
-        out = x32 + ops.cast(self.beta, "float32") + ops.cast(self.gamma, "float32") * (x32 * nx)
+        # x + gamma * (x * Nx) + beta, with the per-sample, per-channel factor formed first:
+        # two passes over the activations instead of four.
+        scale = 1.0 + ops.cast(self.gamma, "float32") * nx
+        out = x32 * scale + ops.cast(self.beta, "float32")
         return ops.cast(out, self.compute_dtype)
 
     def get_config(self):
@@ -152,6 +155,33 @@ def _jax_on_cpu():
     return jax.devices()[0].platform == "cpu"
 
 
+def _torch_conv_channels_last(x, weight, bias, strides, padding=(0, 0), groups=1):
+    """`conv2d` on a channels-last tensor through a channels-first view: no layout copies."""
+    import torch.nn.functional as F
+
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=strides, padding=padding, groups=groups)
+    return y.permute(0, 2, 3, 1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """Keras' Conv2D; on torch, a "valid" conv is one `conv2d` call on a channels-last view.
+
+    Keras' torch path copies input, kernel and output between layouts and adds
+    the bias as a separate op. Weights and results are those of `keras.layers.Conv2D`.
+    """
+
+    def call(self, inputs):
+        plain = (
+            self.padding == "valid" and self.groups == 1 and self.use_bias and self.dilation_rate == (1, 1)
+            and self.data_format == "channels_last" and self.activation is keras.activations.linear
+        )
+        if keras.backend.backend() != "torch" or not plain:
+            return super().call(inputs)
+        weight = self.kernel.value.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        return _torch_conv_channels_last(inputs, weight, self.bias.value, self.strides)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """Keras' stride-1 "same" depthwise conv, with faster kernels where Keras' is slow.
@@ -178,16 +208,12 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return super().call(inputs)
 
     def _torch_call(self, x):
-        import torch.nn.functional as F
-
         kernel = self.kernel.value  # (kh, kw, C, 1)
+        kh, kw, channels = kernel.shape[:3]
         weight = kernel.permute(2, 3, 0, 1)  # (C, 1, kh, kw)
-        kh, kw = kernel.shape[:2]
-        y = F.conv2d(
-            x.permute(0, 3, 1, 2), weight, self.bias.value,
-            padding=(kh // 2, kw // 2), groups=kernel.shape[2],
+        return _torch_conv_channels_last(
+            x, weight, self.bias.value, (1, 1), padding=(kh // 2, kw // 2), groups=channels
         )
-        return y.permute(0, 2, 3, 1)
 
     def _shifted_sum_call(self, x):
         kh, kw = self.kernel_size
@@ -212,5 +238,6 @@ class Dense(keras.layers.Dense):
             return super().call(inputs, training=training)
         import torch.nn.functional as F
 
-        y = F.linear(inputs, self.kernel.value.T, self.bias.value)
+        bias = self.bias.value if self.use_bias else None
+        y = F.linear(inputs, self.kernel.value.T, bias)
         return self.activation(y) if self.activation is not None else y

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from . import variants
-from .layers import Dense, DepthwiseConv2D, GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
+from .layers import Conv2D, Dense, DepthwiseConv2D, GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
 
 logger = logging.getLogger("convnext_hub")
 
@@ -167,6 +167,22 @@ class ConvNeXt(keras.Model):
         self.architecture = architecture
         self.pretrained_cfg = None
 
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if training or mask is not None or kwargs or not self._calls_layers_directly():
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        # torch inference: each layer's `call` without `Layer.__call__`'s per-call
+        # bookkeeping (~25 ms a forward on convnext_tiny); same ops, same results.
+        outputs = self._run_through_graph(self._standardize_inputs(inputs), operation_fn=lambda layer: layer.call)
+        return outputs[0] if isinstance(outputs, list) and len(outputs) == 1 else outputs
+
+    def _calls_layers_directly(self):
+        """True where `Layer.__call__` would add nothing: torch, no autocast, no quantization."""
+        return keras.backend.backend() == "torch" and all(
+            layer.dtype_policy.compute_dtype == layer.dtype_policy.variable_dtype
+            and not layer.dtype_policy.quantization_mode
+            for layer in self.layers
+        )
+
     def get_config(self):
         return {
             "depths": list(self.depths),
@@ -242,7 +258,7 @@ class _Builder:
         return make_norm(self.norm_kind, self.norm_eps, name, self.dtype)
 
     def conv(self, filters, kernel, stride, name):
-        return keras.layers.Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype, **_weight_init())
+        return Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype, **_weight_init())
 
     def gelu(self, name):
         return keras.layers.Activation("gelu", name=name, dtype=self.dtype)
@@ -280,8 +296,8 @@ class _Builder:
             depthwise_initializer=kernel_initializer(),
         )(x)
         x = self.norm(f"{prefix}_norm")(x)
-        x = Dense(4 * dim, name=f"{prefix}_mlp_fc1", dtype=self.dtype, **_weight_init())(x)
-        x = self.gelu(f"{prefix}_mlp_act")(x)
+        # timm's mlp.act (GELU, no weights) is fc1's activation: one Keras layer fewer per block.
+        x = Dense(4 * dim, activation="gelu", name=f"{prefix}_mlp_fc1", dtype=self.dtype, **_weight_init())(x)
         if use_grn:
             x = GlobalResponseNorm(name=f"{prefix}_mlp_grn", dtype=self.dtype)(x)
         x = Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype, **_weight_init())(x)
@@ -303,8 +319,9 @@ class _Builder:
             x = self.pool(x)
             x = self.norm("head_norm")(x)
             if head_hidden_size:
-                x = Dense(head_hidden_size, name="head_pre_logits_fc", dtype=self.dtype, **_weight_init())(x)
-                x = self.gelu("head_pre_logits_act")(x)
+                x = Dense(
+                    head_hidden_size, activation="gelu", name="head_pre_logits_fc", dtype=self.dtype, **_weight_init()
+                )(x)
         if num_classes == 0:
             return x
         if dropout_rate > 0:

@@ -74,6 +74,24 @@ ARCHITECTURES = {
 }
 
 
+STRUCTURAL_KEYS = tuple(DEFAULTS) + ("depths", "dims") + tuple(_V1)
+assert all(set(config) == set(STRUCTURAL_KEYS) for config in ARCHITECTURES.values())
+
+
+def structure_mismatches(stored, expected):
+    """`(key, stored value, expected value)` for each structural argument `stored` sets otherwise.
+
+    Keys absent from `stored` are not compared; tuples and lists compare equal.
+    """
+    def plain(value):
+        return list(value) if isinstance(value, (tuple, list)) else value
+
+    return [
+        (key, stored[key], expected[key]) for key in STRUCTURAL_KEYS
+        if key in stored and plain(stored[key]) != plain(expected[key])
+    ]
+
+
 def _family(prefix, sizes):
     """The seed API's variants (`ConvNeXtV1.from_variant("tiny")`): size -> architecture."""
     return {size: {"architecture": f"{prefix}{size}", **ARCHITECTURES[f"{prefix}{size}"]} for size in sizes}

@@ -10,13 +10,11 @@ import zipfile
 
 import numpy as np
 
+from .variants import STRUCTURAL_KEYS, structure_mismatches
+
 logger = logging.getLogger("convnext_hub")
 
 HEAD_LAYERS = ("head_fc",)
-STRUCTURAL_KEYS = (
-    "depths", "dims", "use_grn", "layer_scale_init_value", "stem_type", "norm", "norm_eps",
-    "kernel_size", "head_norm_first", "head_hidden_size",
-)
 SAFE_MODULES = ("keras", "convnext_hub")
 
 
@@ -44,17 +42,9 @@ def _check_safe(node, path):
 
 
 def _check_structure(model, config, path):
-    source = config.get("config", {})
-    for key in STRUCTURAL_KEYS:
-        if key in source and _norm(source[key]) != _norm(getattr(model, key)):
-            raise ValueError(
-                f"{path} holds a different architecture: {key}={source[key]!r}, "
-                f"the model has {key}={getattr(model, key)!r}."
-            )
-
-
-def _norm(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
+    model_structure = {key: getattr(model, key) for key in STRUCTURAL_KEYS}
+    for key, stored, expected in structure_mismatches(config.get("config", {}), model_structure):
+        raise ValueError(f"{path} holds a different architecture: {key}={stored!r}, the model has {key}={expected!r}.")
 
 
 def _stored_parameter_count(path):

@@ -471,3 +471,7 @@ def test_publish_dry_run_writes_folder(local_hub, checkpoint, cache_dir, tmp_pat
     assert config["equivalence"]["max_abs_diff"] <= 1e-5 * config["equivalence"]["max_abs_ref"]
     assert not any(method == "POST" for method, _ in local_hub.request_log)  # nothing uploaded
     assert_close(keras_out(load_pretrained(folder)), timm_out(timm_model))
+    config["model_config"]["dims"] = [48, 96, 192, 384]  # a config.json that lies about the weights
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArchitectureError, match=r"config.json: dims=\[48, 96, 192, 384\] does not match"):
+        load_pretrained(folder)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from convnext_hub import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
-from convnext_hub.layers import Dense, DepthwiseConv2D
+from convnext_hub.layers import Conv2D, Dense, DepthwiseConv2D
 
 
 def _x(shape=(2, 5, 7, 6), scale=1.0, seed=0):
@@ -91,9 +91,40 @@ def test_dense_equals_matmul_plus_bias():
     np.testing.assert_allclose(_run(layer, x), x @ kernel + bias, rtol=1e-5, atol=1e-5)
 
 
+def test_dense_gelu_equals_erf_gelu_of_matmul():
+    from math import erf
+
+    x = _x((2, 3, 3, 6))
+    layer = Dense(5, activation="gelu")
+    layer.build(x.shape)
+    kernel, bias = _x((6, 5), seed=9), _x((5,), seed=10)
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    z = x.astype("float64") @ kernel + bias
+    expected = 0.5 * z * (1 + np.vectorize(erf)(z / np.sqrt(2)))
+    np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size, stride", [(4, 4), (2, 2), (3, 2)])
+def test_conv_equals_direct_formula(kernel_size, stride):
+    x = _x((2, 11, 9, 3))
+    layer = Conv2D(4, kernel_size, strides=stride)
+    layer.build(x.shape)
+    kernel, bias = _x((kernel_size, kernel_size, 3, 4), seed=11), _x((4,), seed=12)
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    out_h, out_w = (11 - kernel_size) // stride + 1, (9 - kernel_size) // stride + 1
+    expected = np.zeros((2, out_h, out_w, 4)) + bias
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            patch = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+            expected += patch.astype("float64") @ kernel[i, j]
+    np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", [
     LayerScale(0.5), GlobalResponseNorm(epsilon=1e-5), RMSNorm(epsilon=1e-5), SimpleNorm(epsilon=1e-5),
-    StochasticDepth(0.2, seed=3), DepthwiseConv2D(7, padding="same"), Dense(3),
+    StochasticDepth(0.2, seed=3), DepthwiseConv2D(7, padding="same"), Dense(3), Conv2D(3, 2, strides=2),
 ], ids=lambda layer: type(layer).__name__)
 def test_layers_serialize(layer):
     restored = keras.layers.deserialize(keras.layers.serialize(layer))

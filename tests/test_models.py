@@ -128,7 +128,8 @@ def test_v1_has_layer_scale_v2_has_grn_after_gelu():
     names2 = [layer.name for layer in v2.layers if layer.name.startswith("stages_0_blocks_0_")]
     assert "stages_0_blocks_0_gamma" in names1 and not any("grn" in n for n in names1)
     order = [n.replace("stages_0_blocks_0_", "") for n in names2]
-    assert order == ["conv_dw", "norm", "mlp_fc1", "mlp_act", "mlp_grn", "mlp_fc2", "add"]
+    assert order == ["conv_dw", "norm", "mlp_fc1", "mlp_grn", "mlp_fc2", "add"]
+    assert v2.get_layer("stages_0_blocks_0_mlp_fc1").activation is keras.activations.gelu  # GRN after GELU
     assert v1.get_layer("stages_0_blocks_0_norm").epsilon == 1e-6
     with zeros_initialized():
         assert create_model("convnext_xxlarge", input_shape=(64, 64, 3)).get_layer("stem_1").epsilon == 1e-5
@@ -164,7 +165,24 @@ def test_classifier_activation_and_num_classes_zero():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     with zeros_initialized():
         headless = create_model("convnext_large_mlp", num_classes=0, input_shape=(32, 32, 3))
-    assert headless.output_shape == (None, 1536) and headless.layers[-1].name == "head_pre_logits_act"
+    assert headless.output_shape == (None, 1536) and headless.layers[-1].name == "head_pre_logits_fc"
+    assert headless.layers[-1].activation is keras.activations.gelu
+
+
+@pytest.mark.parametrize("name", ["convnext_atto_ols", "convnextv2_atto"])
+def test_inference_fast_path_equals_layer_calls(name, monkeypatch):
+    """On torch, inference skips `Layer.__call__`; the outputs are those of the plain functional run."""
+    model = create_model(name, input_shape=(64, 64, 3), features_only=True)
+    assert model._calls_layers_directly() == (keras.backend.backend() == "torch")
+    x = np.random.RandomState(0).rand(2, 64, 64, 3).astype("float32")
+    fast = model.predict_on_batch(x)
+    monkeypatch.setattr(model, "_calls_layers_directly", lambda: False)
+    plain = model.predict_on_batch(x)
+    assert len(fast) == len(plain) == 4
+    for a, b in zip(fast, plain):
+        np.testing.assert_array_equal(a, b)
+    mixed = create_model(name, input_shape=(64, 64, 3), dtype="mixed_bfloat16")
+    assert not mixed._calls_layers_directly()
 
 
 def test_drop_path_rates_rise_linearly():

@@ -250,11 +250,8 @@ def _check_structure(architecture, model_config, path):
         expected = variants.architecture(architecture)
     except (KeyError, ValueError) as e:
         raise ArchitectureError(f"{path}: unknown architecture {architecture!r}") from e
-    for key, value in expected.items():
-        stored = model_config.get(key, value)
-        if json.loads(json.dumps(stored)) != json.loads(json.dumps(value)):
-            raise ArchitectureError(
-                f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
+    for key, stored, value in variants.structure_mismatches(model_config, expected):
+        raise ArchitectureError(f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
 
 
 # --------------------------------------------------------------------------- local files
