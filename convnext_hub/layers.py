@@ -231,13 +231,20 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Dense(keras.layers.Dense):
-    """Keras' Dense; on torch one fused `linear` (matmul + bias) instead of two ops."""
+    """Keras' Dense; on torch one `linear` (matmul + bias) instead of two ops.
+
+    Outside autograd, a GELU activation overwrites the `linear` result, which
+    nothing else holds, instead of filling a new buffer.
+    """
 
     def call(self, inputs, training=None):
         if keras.backend.backend() != "torch" or self.lora_enabled or self.quantization_mode:
             return super().call(inputs, training=training)
+        import torch
         import torch.nn.functional as F
 
         bias = self.bias.value if self.use_bias else None
         y = F.linear(inputs, self.kernel.value.T, bias)
-        return self.activation(y) if self.activation is not None else y
+        if self.activation is keras.activations.gelu and not torch.is_grad_enabled():
+            return torch.ops.aten.gelu_(y)
+        return self.activation(y)

@@ -170,10 +170,7 @@ class ConvNeXt(keras.Model):
     def call(self, inputs, training=None, mask=None, **kwargs):
         if training or mask is not None or kwargs or not self._calls_layers_directly():
             return super().call(inputs, training=training, mask=mask, **kwargs)
-        # torch inference: each layer's `call` without `Layer.__call__`'s per-call
-        # bookkeeping (~25 ms a forward on convnext_tiny); same ops, same results.
-        outputs = self._run_through_graph(self._standardize_inputs(inputs), operation_fn=lambda layer: layer.call)
-        return outputs[0] if isinstance(outputs, list) and len(outputs) == 1 else outputs
+        return _run_layers(self, self._standardize_inputs(inputs))
 
     def _calls_layers_directly(self):
         """True where `Layer.__call__` would add nothing: torch, no autocast, no quantization."""
@@ -218,6 +215,34 @@ class ConvNeXt(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def _run_layers(model, inputs):
+    """Inference on torch: each layer's `call`, each intermediate freed after its last use.
+
+    Keras' graph runner calls `Layer.__call__` (per-call bookkeeping, ~25 ms a
+    forward on convnext_tiny) and keeps every intermediate alive to the end,
+    so each new activation lands in fresh, page-faulting memory. Same ops,
+    same results.
+    """
+    steps = [
+        node for depth in sorted(model._nodes_by_depth, reverse=True)
+        for node in model._nodes_by_depth[depth] if not node.is_input
+    ]
+    last_use = {id(t): i for i, node in enumerate(steps) for t in node.input_tensors}
+    for t in model.outputs:
+        last_use[id(t)] = len(steps)
+    values = {id(t): x for t, x in zip(model.inputs, inputs)}
+    for i, node in enumerate(steps):
+        args, kwargs = node.arguments.fill_in(values)
+        outputs = node.operation.call(*args, **kwargs)
+        for t, y in zip(node.outputs, keras.tree.flatten(outputs)):
+            values[id(t)] = y
+        for t in node.input_tensors:
+            if last_use[id(t)] == i:
+                values.pop(id(t), None)
+    outputs = [values[id(t)] for t in model.outputs]
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 _ZEROS_INIT = contextvars.ContextVar("convnext_hub_zeros_init", default=False)

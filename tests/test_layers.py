@@ -103,6 +103,9 @@ def test_dense_gelu_equals_erf_gelu_of_matmul():
     z = x.astype("float64") @ kernel + bias
     expected = 0.5 * z * (1 + np.vectorize(erf)(z / np.sqrt(2)))
     np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
+    # predict runs without autograd, where torch applies the GELU in place
+    predicted = keras.Sequential([keras.Input(x.shape[1:]), layer]).predict_on_batch(x)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel_size, stride", [(4, 4), (2, 2), (3, 2)])
