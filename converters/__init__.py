@@ -13,7 +13,9 @@ from .readers import load_checkpoint
 from .version import CONVERTER_VERSION
 
 # These import keras; loaded on first use so `import converters` stays light.
-_KERAS_SIDE = {name: "conversion" for name in ("convert", "export_timm_state_dict", "load_timm_state_dict")}
+_KERAS_SIDE = {name: "conversion" for name in (
+    "convert", "convert_to_weights_file", "export_timm_state_dict", "load_timm_state_dict",
+)}
 
 
 def __getattr__(name):
@@ -34,6 +36,7 @@ __all__ = [
     "check_architecture",
     "check_finite",
     "convert",
+    "convert_to_weights_file",
     "export_timm_state_dict",
     "load_timm_state_dict",
     "detect_layout",

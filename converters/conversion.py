@@ -1,5 +1,8 @@
 """timm state dict <-> Keras model, strict, through `mapping.weight_slots`."""
+import concurrent.futures
+import functools
 import logging
+import math
 
 import keras
 import numpy as np
@@ -32,7 +35,98 @@ def convert(state_dict, arch=None, *, source="<state dict>", progress=False, **m
         **model_kwargs: `convnext_hub.create_model` arguments (`num_classes`, `input_shape`,
             `include_top`, `features_only`, ...). `num_classes` defaults to the checkpoint's.
     """
-    from convnext_hub.model import create_model, zeros_initialized
+    from convnext_hub.model import zeros_initialized
+
+    with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
+        model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
+    return load_timm_state_dict(model, state_dict, source=source, progress=progress)
+
+
+def convert_to_weights_file(state_dict, path, arch=None, *, source="<state dict>", progress=False, **model_kwargs):
+    """Writes the `.weights.h5` of `convert(...)` without ever holding the weights in memory.
+
+    The model is built as a shell (variables declared, never allocated); Keras'
+    own saver then asks each layer for its values, which are read from the
+    checkpoint as it goes (the next tensor while this one is written). Same
+    checks and errors as `convert`; returns the shell model (architecture and
+    config, no weights).
+    """
+    with keras.StatelessScope(initialize_variables=False):
+        model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
+    plan = plan_weights(model, state_dict, source=source)
+    values = _read_ahead(plan)
+    bar = _progress_bar(len(plan)) if progress else None
+    for layer in model.layers:
+        if layer.weights:
+            layer.save_own_variables = _streaming_saver(layer, values, bar)
+    try:
+        model.save_weights(path)
+    finally:
+        values.close()
+        if bar is not None:
+            bar.close()
+    return model
+
+
+def _read_ahead(plan):
+    """Yields `(variable, value)` in plan order, reading the next tensor in a thread meanwhile.
+
+    Values live in two sets of reused arrays, taking turns: the caller must be
+    done with a value when it asks for the next one. Reusing them spares
+    faulting in fresh memory for every big tensor (seconds for a 2.6 GB model).
+    """
+    scratches = (_Scratch(), _Scratch())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = None
+        for index, (variable, read) in enumerate(plan):
+            future = pool.submit(read, scratches[index % 2])
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = variable, future
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
+class _Scratch:
+    """Named arrays reused from one tensor to the next, grown when a bigger one comes."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def array(self, name):
+        """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
+        def scratch(shape, dtype):
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.size < nbytes:
+                buffer = self._buffers[name] = np.empty(nbytes, np.uint8)
+            return buffer[:nbytes].view(dtype).reshape(shape)
+        return scratch
+
+
+def _streaming_saver(layer, values, bar):
+    """`layer.save_own_variables` writing the checkpoint's values, which come in Keras' saving order
+    (layers in model order, each layer's variables in creation order, as `weight_slots`)."""
+    def save_own_variables(store):
+        for i, variable in enumerate(layer.trainable_variables + layer.non_trainable_variables):
+            planned, value = next(values)
+            if planned is not variable:
+                raise RuntimeError(f"Keras saves {variable.path} where {planned.path} was expected")
+            store[str(i)] = value
+            if bar is not None:
+                bar.update()
+    return save_own_variables
+
+
+def _progress_bar(total):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="weights", unit="tensor", leave=False)
+
+
+def _model_for(state_dict, arch, source, model_kwargs):
+    """The Keras model (built in the caller's scope) for a state dict, and the dict in timm keys."""
+    from convnext_hub.model import create_model
 
     state_dict = layouts.to_timm_keys(state_dict, source=source)
     if arch is None:
@@ -45,14 +139,12 @@ def convert(state_dict, arch=None, *, source="<state dict>", progress=False, **m
             )
     else:
         layouts.check_architecture(state_dict, arch, source=source)
-    model_kwargs.setdefault("num_classes", checkpoint_num_classes(state_dict))
+    model_kwargs = {"num_classes": checkpoint_num_classes(state_dict), **model_kwargs}
     if model_kwargs["num_classes"] > MAX_CLASSES:  # refuse before allocating a giant head
         raise ShapeMismatchError(
             f"{source}: 'head.fc.weight' declares {model_kwargs['num_classes']} classes (at most {MAX_CLASSES})"
         )
-    with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
-        model = create_model(arch, **model_kwargs)
-    return load_timm_state_dict(model, state_dict, source=source, progress=progress)
+    return create_model(arch, **model_kwargs), state_dict
 
 
 def _droppable(state_dict, model):
@@ -69,27 +161,36 @@ def _droppable(state_dict, model):
 
 
 def load_timm_state_dict(model, state_dict, source="<state dict>", progress=False):
-    """Sets every Keras weight of `model` from a timm-keyed state dict, strictly.
+    """Sets every Keras weight of `model` from a timm-keyed state dict, strictly (see `plan_weights`)."""
+    plan = plan_weights(model, state_dict, source=source)
+    if progress:
+        from tqdm.auto import tqdm
 
-    Every Keras weight is set exactly once; every source key is used, except the
-    classifier when the model's number of classes differs (or it has no head),
-    which is logged. Head weights absent from the checkpoint get timm's
-    initialisation (the classifier when `num_classes` differs; the head of a
-    headless checkpoint).
+        plan = tqdm(plan, desc="weights", unit="tensor", leave=False)
+    for variable, read in plan:
+        variable.assign(read())
+    return model
+
+
+def plan_weights(model, state_dict, source="<state dict>"):
+    """`[(keras variable, read)]`: `read()` returns the variable's value, read from the checkpoint then.
+
+    Every key and shape is checked before any tensor is read: every Keras weight
+    has exactly one source; every source key is used, except the classifier when
+    the model's number of classes differs (or it has no head), which is logged.
+    Head weights absent from the checkpoint get timm's initialisation (the
+    classifier when `num_classes` differs; the head of a headless checkpoint).
+    NaN / Inf are refused when a tensor is read.
     """
     droppable, has_head = _droppable(state_dict, model)
     used = set()
     fresh = []
-    slots = weight_slots(model)
-    if progress:
-        from tqdm.auto import tqdm
-
-        slots = tqdm(slots, desc="weights", unit="tensor", leave=False)
-    for slot in slots:
+    plan = []
+    for slot in weight_slots(model):
         key = slot.timm_key
         if key not in state_dict or key in droppable:
             if slot.layer.name.startswith(("head_", "norm_pre")) and (key in droppable or not has_head):
-                _initialise(slot.variable)
+                plan.append((slot.variable, functools.partial(_initial_value, slot.variable)))
                 fresh.append(slot.variable.path)
                 continue
             raise KeyMismatchError(
@@ -97,9 +198,7 @@ def load_timm_state_dict(model, state_dict, source="<state dict>", progress=Fals
                 f"needed for Keras weight {slot.variable.path!r}"
             )
         _check_shape(slot, state_dict[key], source, model.conv_mlp)
-        value = np.asarray(state_dict[key])  # reads a lazy tensor now, one at a time
-        check_finite({key: value}, source, target_dtype=slot.variable.dtype)
-        slot.variable.assign(keras.ops.cast(slot.to_keras(value), slot.variable.dtype))
+        plan.append((slot.variable, functools.partial(_read, slot, state_dict[key], source)))
         used.add(key)
     unexpected = sorted(set(state_dict) - used - droppable)
     if unexpected:
@@ -113,16 +212,26 @@ def load_timm_state_dict(model, state_dict, source="<state dict>", progress=Fals
             "%s: checkpoint keys dropped: %s; Keras weights left freshly initialised: %s",
             source, skipped or "none", fresh or "none",
         )
-    return model
+    return plan
 
 
-def _initialise(variable):
+def _read(slot, tensor, source, scratch=None):
+    """The Keras value of `tensor` (a lazy one is read now), in arrays from `scratch` if given."""
+    value = tensor.read(scratch.array("raw")) if scratch and hasattr(tensor, "read") else np.asarray(tensor)
+    check_finite({slot.timm_key: value}, source, target_dtype=slot.variable.dtype)
+    value = slot.to_keras(value, scratch.array("keras") if scratch else None)
+    if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:
+        return value
+    return keras.ops.cast(value, slot.variable.dtype)
+
+
+def _initial_value(variable):
     """timm's initialisation: kernels truncated normal(0.02), norm scales 1, the rest 0."""
     from convnext_hub.model import kernel_initializer
 
     name = variable.path.rsplit("/", 1)[-1]
     init = kernel_initializer() if name == "kernel" else ("ones" if name == "gamma" else "zeros")
-    variable.assign(keras.initializers.get(init)(variable.shape, dtype=variable.dtype))
+    return keras.initializers.get(init)(variable.shape, dtype=variable.dtype)
 
 
 def _check_shape(slot, value, source, conv_mlp):

@@ -218,13 +218,18 @@ class LazyTensor:
         self._offset, self._nbytes = offset, nbytes
 
     def __array__(self, dtype=None, copy=None):
-        raw = np.empty(self.shape, dtype=SAFETENSORS_DTYPES[self.stored_dtype])
+        value = self.read()
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def read(self, scratch=None):
+        """The tensor's values, read now; `scratch(shape, dtype)` may supply the array to read into."""
+        stored = np.dtype(SAFETENSORS_DTYPES[self.stored_dtype])
+        raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
         with open(self.path, "rb") as f:
             f.seek(self._offset)
             if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:
                 raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
-        value = _decode(raw, self.stored_dtype)
-        return value if dtype is None else value.astype(dtype, copy=False)
+        return _decode(raw, self.stored_dtype)
 
     def reshape(self, *shape):
         return np.asarray(self).reshape(*shape)

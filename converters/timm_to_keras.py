@@ -109,16 +109,14 @@ def verify(model, state_dict):
     return ok
 
 
-def write_output(model, out, fmt, source):
-    """Writes into a temporary sibling of `out`, then renames: `out` appears whole or not at all."""
+def write_output(out, save, source):
+    """Runs `save(folder)` (which returns the model it saved) and writes `config.json`, in a
+    temporary sibling of `out`, then renames: `out` appears whole or not at all. Returns `(out, model)`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if fmt == "keras":
-            model.save(staging / "model.keras")
-        else:
-            model.save_weights(staging / "model.weights.h5")
+        model = save(staging)
         config = {"architecture": model.architecture, "model_config": model.get_config(), "source": source}
         (staging / "config.json").write_text(json.dumps(config, indent=1, default=str))
         old = None
@@ -131,7 +129,29 @@ def write_output(model, out, fmt, source):
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return out
+    return out, model
+
+
+def _saving(model, fmt):
+    """`save(folder)` for `write_output`: the converted model, as a `.keras` archive or weights."""
+    def save(folder):
+        if fmt == "keras":
+            model.save(folder / "model.keras")
+        else:
+            model.save_weights(folder / "model.weights.h5")
+        return model
+    return save
+
+
+def _streaming(state_dict, arch, source, kwargs):
+    """`save(folder)` for `write_output`: weights straight from the checkpoint, no model in memory."""
+    from converters import convert_to_weights_file
+
+    def save(folder):
+        return convert_to_weights_file(
+            state_dict, folder / "model.weights.h5", arch=arch, source=source, progress=True, **kwargs
+        )
+    return save
 
 
 def main(argv=None):
@@ -147,6 +167,10 @@ def main(argv=None):
         state_dict, source, arch = read_source(args)
         _step(f"converting {len(state_dict)} tensors")
         kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        if args.format == "weights" and not args.verify:
+            out, model = write_output(args.out, _streaming(state_dict, arch, source, kwargs), source)
+            _step(f"wrote {out}: {model.architecture}, {model.count_params():,} parameters, {model.num_classes} classes")
+            return 0
         model = convert(state_dict, arch=arch, source=source, progress=True, **kwargs)
     except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -157,7 +181,7 @@ def main(argv=None):
         if not verify(model, state_dict):
             print("FAIL: outputs differ from timm; nothing written", file=sys.stderr)
             return 1
-    out = write_output(model, args.out, args.format, source)
+    out, _ = write_output(args.out, _saving(model, args.format), source)
     _step(f"wrote {out}")
     return 0
 

@@ -67,6 +67,37 @@ def test_num_classes_override_drops_head_and_verifies_stages(reference, tmp_path
     assert printed.count("PASS") == 4 and "logits" not in printed
 
 
+def _h5_contents(path):
+    import h5py
+
+    items = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: items.append(
+            (name, dict(obj.attrs), obj[()] if isinstance(obj, h5py.Dataset) else None)))
+    return items
+
+
+@pytest.mark.parametrize("arch, dtype", [
+    ("convnextv2_atto", None), ("convnext_zepto_rms_ols", torch.bfloat16), ("convnext_tiny_hnf", None),
+])
+def test_streamed_weights_equal_keras_own_save(tmp_path, arch, dtype):
+    """Without --verify the weights go from the file into `model.weights.h5` one tensor at a time;
+    the file is the one Keras writes for the converted model, and loads into timm's outputs."""
+    timm_model = random_timm_model(arch, seed=3)
+    sd = state_dict_numpy(timm_model)
+    path = save_safetensors(sd, tmp_path / "w.safetensors", dtype=dtype)
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out)]) == 0
+    converted = convert(load_checkpoint(path))
+    converted.save_weights(tmp_path / "keras.weights.h5")
+    streamed, saved = _h5_contents(out / "model.weights.h5"), _h5_contents(tmp_path / "keras.weights.h5")
+    assert [item[:2] for item in streamed] == [item[:2] for item in saved]
+    for (name, _, a), (_, _, b) in zip(streamed, saved):
+        assert (a is None and b is None) or np.array_equal(a, b), name
+    model = create_model(arch, pretrained=str(out / "model.weights.h5"))
+    np.testing.assert_array_equal(_outputs(model), _outputs(converted))
+
+
 def test_swapped_kernel_is_caught_by_the_numeric_check(reference):
     """A 7x7 kernel with H and W swapped passes every shape check (square); only outputs reveal it.
 
