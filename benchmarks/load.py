@@ -33,12 +33,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 OURS = """
 import json, resource, sys, time
+import keras
 import numpy as np
 from convnext_hub.hub import load_pretrained
 imported = time.time()
 model = load_pretrained(sys.argv[1])
 loaded = time.time()
-logits = np.asarray(model(np.zeros((1, 224, 224, 3), np.float32), training=False))
+logits = keras.ops.convert_to_numpy(model(np.zeros((1, 224, 224, 3), np.float32), training=False))
 done = time.time()
 print(json.dumps({"imported": imported, "loaded": loaded, "done": done, "shape": list(logits.shape),
                   "finite": bool(np.isfinite(logits).all()), "torch_imported": "torch" in sys.modules,
