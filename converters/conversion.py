@@ -55,7 +55,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source="<state dict>
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
     plan = plan_weights(model, state_dict, source=source)
     values = _read_ahead(plan)
-    bar = _progress_bar(len(plan)) if progress else None
+    bar = _progress_bar(plan) if progress else None
     for layer in model.layers:
         if layer.weights:
             layer.save_own_variables = _streaming_saver(layer, values, bar)
@@ -118,10 +118,11 @@ def _streaming_saver(layer, values, bar):
     return save_own_variables
 
 
-def _progress_bar(total):
+def _progress_bar(plan):
+    """A progress bar over the tensors of `plan` (iterate it, or call `update()` per tensor)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="weights", unit="tensor", leave=False)
+    return tqdm(plan, total=len(plan), desc="weights", unit="tensor", leave=False)
 
 
 def _model_for(state_dict, arch, source, model_kwargs):
@@ -163,11 +164,7 @@ def _droppable(state_dict, model):
 def load_timm_state_dict(model, state_dict, source="<state dict>", progress=False):
     """Sets every Keras weight of `model` from a timm-keyed state dict, strictly (see `plan_weights`)."""
     plan = plan_weights(model, state_dict, source=source)
-    if progress:
-        from tqdm.auto import tqdm
-
-        plan = tqdm(plan, desc="weights", unit="tensor", leave=False)
-    for variable, read in plan:
+    for variable, read in _progress_bar(plan) if progress else plan:
         variable.assign(read())
     return model
 
