@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 PACKAGE = "convnext_hub"
+_SQRT_HALF = 0.5**0.5
 
 
 def _check_rate(name, value):
@@ -236,7 +237,10 @@ class Dense(keras.layers.Dense):
     torch: one `linear` (matmul + bias), and outside autograd a GELU applied in
     place on its result, which nothing else holds. TensorFlow: a 2-D `matmul`,
     `bias_add` and the activation, the pattern oneDNN fuses into one kernel in a
-    `tf.function` (2x faster than Keras' batched matmul, add and GELU).
+    `tf.function` (2x faster than Keras' batched matmul, add and GELU). JAX: exact
+    GELU as `x/2 * (1 + erf(x/sqrt(2)))`, torch's formula; `jax.nn.gelu` goes through
+    `erfc`, whose XLA expansion makes the GELU fusion compute-bound (H200 bf16:
+    convnext_tiny 15.0k img/s against 12.8k).
     """
 
     def call(self, inputs, training=None):
@@ -247,7 +251,17 @@ class Dense(keras.layers.Dense):
             return self._torch_call(inputs)
         if backend == "tensorflow" and self.use_bias:
             return self._tensorflow_call(inputs)
+        if backend == "jax" and self.activation is keras.activations.gelu:
+            return self._jax_gelu_call(inputs)
         return super().call(inputs, training=training)
+
+    def _jax_gelu_call(self, inputs):
+        from jax import lax
+
+        y = ops.matmul(inputs, self.kernel)
+        if self.use_bias:
+            y = ops.add(y, self.bias)
+        return y * (0.5 * (1.0 + lax.erf(y * _SQRT_HALF)))
 
     def _torch_call(self, inputs):
         import torch
