@@ -214,7 +214,10 @@ def plan_weights(model, state_dict, source="<state dict>"):
 
 def _read(slot, tensor, source, scratch=None):
     """The Keras value of `tensor` (a lazy one is read now), in arrays from `scratch` if given."""
-    value = tensor.read(scratch.array("raw")) if scratch and hasattr(tensor, "read") else np.asarray(tensor)
+    if scratch and hasattr(tensor, "read"):  # streaming: each value is used before the next is read
+        value = tensor.read(scratch.array("raw"), mapped=True)
+    else:
+        value = np.asarray(tensor)
     check_finite({slot.timm_key: value}, source, target_dtype=slot.variable.dtype)
     value = slot.to_keras(value, scratch.array("keras") if scratch else None)
     if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:

@@ -9,6 +9,7 @@ as float32 (float16 and bfloat16 are widened exactly); other dtypes keep theirs.
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import struct
@@ -206,6 +207,20 @@ def _decode(raw, dtype):
     return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
 
+MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more than it saves
+
+
+def _mapped_view(f, offset, nbytes):
+    """Read-only uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    if hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
+        mapping = mmap.mmap(f.fileno(), offset + nbytes - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                            prot=mmap.PROT_READ, offset=start)
+    else:
+        mapping = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+    return np.frombuffer(mapping, np.uint8, count=nbytes, offset=offset - start)
+
+
 class LazyTensor:
     """One tensor of a validated safetensors file, read from disk each time it is turned into an array.
 
@@ -221,11 +236,19 @@ class LazyTensor:
         value = self.read()
         return value if dtype is None else value.astype(dtype, copy=False)
 
-    def read(self, scratch=None):
-        """The tensor's values, read now; `scratch(shape, dtype)` may supply the array to read into."""
+    def read(self, scratch=None, mapped=False):
+        """The tensor's values, read now; `scratch(shape, dtype)` may supply the array to read into.
+
+        `mapped=True`: a big float32 tensor comes back as a read-only view of the
+        file mapped into memory, saving a copy; use it before the file can change.
+        """
         stored = np.dtype(SAFETENSORS_DTYPES[self.stored_dtype])
-        raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
         with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < self._offset + self._nbytes:
+                raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
+            if mapped and self.stored_dtype == "F32" and self._nbytes >= MIN_MAPPED_BYTES:
+                return _mapped_view(f, self._offset, self._nbytes).view(stored).reshape(self.shape)
+            raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
             f.seek(self._offset)
             if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:
                 raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")

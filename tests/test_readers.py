@@ -313,3 +313,32 @@ def test_readers_import_no_torch_timm_keras():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "[]"
+
+
+def test_mapped_read_equals_read_and_refuses_a_file_shrunk_after_opening(tmp_path):
+    """The streaming converter's reads: a big float32 tensor is a read-only view of the mapped file;
+    a file cut short after its header was checked is refused with the key, not a crash (SIGBUS)."""
+    from safetensors.numpy import save_file
+
+    from converters.readers import MIN_MAPPED_BYTES, read_safetensors
+
+    rng = np.random.default_rng(0)
+    tensors = {"big": rng.standard_normal((MIN_MAPPED_BYTES // 4 // 100 + 1, 100)).astype("float32"),
+               "a_small": rng.standard_normal((3, 4)).astype("float32")}
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path))
+    lazy = read_safetensors(str(path), lazy=True)
+    for key, expected in tensors.items():
+        value = lazy[key].read(mapped=True)
+        np.testing.assert_array_equal(value, expected)
+        np.testing.assert_array_equal(lazy[key].read(), expected)
+    mapped = lazy["big"].read(mapped=True)
+    assert not mapped.flags.writeable and mapped.base is not None  # a view, not a copy
+
+    last = max(lazy, key=lambda key: lazy[key]._offset)
+    assert last == "big"
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 4)
+    for mapped in (True, False):
+        with pytest.raises(CheckpointFormatError, match=rf"w.safetensors: tensor '{last}': the file ended early"):
+            lazy[last].read(mapped=mapped)
