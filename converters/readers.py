@@ -245,14 +245,17 @@ class LazyTensor:
         stored = np.dtype(SAFETENSORS_DTYPES[self.stored_dtype])
         with open(self.path, "rb") as f:
             if os.fstat(f.fileno()).st_size < self._offset + self._nbytes:
-                raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
+                raise self._ended_early()
             if mapped and self.stored_dtype == "F32" and self._nbytes >= MIN_MAPPED_BYTES:
                 return _mapped_view(f, self._offset, self._nbytes).view(stored).reshape(self.shape)
             raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
             f.seek(self._offset)
             if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:
-                raise CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
+                raise self._ended_early()
         return _decode(raw, self.stored_dtype)
+
+    def _ended_early(self):
+        return CheckpointFormatError(f"{self.path}: tensor {self.key!r}: the file ended early (changed while read?)")
 
     def reshape(self, *shape):
         return np.asarray(self).reshape(*shape)
