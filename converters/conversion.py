@@ -127,7 +127,7 @@ def _progress_bar(plan):
 
 def _model_for(state_dict, arch, source, model_kwargs):
     """The Keras model (built in the caller's scope) for a state dict, and the dict in timm keys."""
-    from convnext_hub.model import create_model
+    from convnext_hub.families import create_model
 
     state_dict = layouts.to_timm_keys(state_dict, source=source)
     if arch is None:

@@ -1,10 +1,11 @@
 """Native Keras 3 ConvNeXt V1 / V2 models and timm's pretrained weights."""
 from checkpoints import list_pretrained
 
-from .faces import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2
+from .families import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2
 from .labels import decode_predictions
 from .layers import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
-from .model import ConvNeXt, create_model
+from .model import ConvNeXt
+from .families import create_model
 from .preprocessing import Preprocessor, preprocess_input
 from .variants import ARCHITECTURES, list_models
 

@@ -11,13 +11,18 @@ import logging
 import keras
 import numpy as np
 
-from . import variants
+from . import fast_path
 from .layers import Conv2D, Dense, DepthwiseConv2D, GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
 
 logger = logging.getLogger("convnext_hub")
 
 MIN_INPUT_SIZE = 32
 POOLINGS = ("avg", "max", None)
+STAGE_STRIDES = (4, 8, 16, 32)
+# The head, declared once: the classifier a different `num_classes` replaces
+# (timm's `pretrained_cfg["classifier"]` is "head.fc"), and every layer after the stages.
+CLASSIFIER_LAYER = "head_fc"
+HEAD_LAYERS = ("norm_pre", "head_global_pool", "head_norm", "head_pre_logits_fc", "head_drop", "head_fc", "predictions")
 
 
 def _make_divisible(value, divisor=8):
@@ -85,9 +90,16 @@ class ConvNeXt(keras.Model):
         classifier_activation: activation of the classifier; None returns logits.
         features_only: return the feature maps of the stages in `out_indices`.
         out_indices: stages whose feature maps `features_only` returns (strides 4, 8, 16, 32).
-        architecture: timm architecture name, for information.
+        architecture: timm architecture name, or None for a custom geometry.
+        pretrained_cfg: the checkpoint's configuration (input size, crop, interpolation,
+            mean, std, license, label set, source), kept through saving and `get_config()`.
         name: model name; layer names do not depend on it.
         dtype: dtype policy for every layer.
+
+    Attributes:
+        pyramid_outputs: `{"P2": ..., "P5": ...}`, the last feature map of each stage
+            (strides 4, 8, 16, 32), as keras-hub's `FeaturePyramidBackbone` names them.
+        feature_info: timm's description of those maps (`num_chs`, `reduction`, `module`).
     """
 
     def __init__(
@@ -113,6 +125,7 @@ class ConvNeXt(keras.Model):
         features_only=False,
         out_indices=(0, 1, 2, 3),
         architecture=None,
+        pretrained_cfg=None,
         name=None,
         dtype=None,
         **kwargs,
@@ -144,7 +157,14 @@ class ConvNeXt(keras.Model):
         else:
             outputs = builder.backbone_output(x, head_norm_first, pooling)
 
-        super().__init__(inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
+        super().__init__(
+            inputs=inputs, outputs=outputs, name=name or architecture or "convnext", dtype=dtype, **kwargs
+        )
+        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(stage_outputs)}
+        self.feature_info = [
+            {"num_chs": dim, "reduction": stride, "module": f"stages.{i}"}
+            for i, (dim, stride) in enumerate(zip(dims, STAGE_STRIDES))
+        ]
         self.depths = tuple(depths)
         self.dims = tuple(dims)
         self.use_grn = use_grn
@@ -165,23 +185,31 @@ class ConvNeXt(keras.Model):
         self.features_only = features_only
         self.out_indices = out_indices
         self.architecture = architecture
-        self.pretrained_cfg = None
+        self.pretrained_cfg = pretrained_cfg
+
+    def head_layers(self):
+        """The layers after the last stage (pooling, norm, pre-logits, dropout, classifier), in order."""
+        return [layer for layer in self.layers if layer.name in HEAD_LAYERS]
+
+    def classifier_layer(self):
+        """The final Dense that maps features to classes, or None (`num_classes=0`, no top, features)."""
+        return next((layer for layer in self.layers if layer.name == CLASSIFIER_LAYER), None)
+
+    def stage_and_output_model(self):
+        """A functional model returning `[P2, P3, P4, P5, *outputs]`: the stage maps, then this model's outputs."""
+        outputs = self.outputs if isinstance(self.outputs, list) else [self.outputs]
+        return keras.Model(self.inputs, [*self.pyramid_outputs.values(), *outputs])
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        if training or mask is not None or kwargs or not self._calls_layers_directly():
-            return super().call(inputs, training=training, mask=mask, **kwargs)
-        return _run_layers(self, self._standardize_inputs(inputs))
-
-    def _calls_layers_directly(self):
-        """True where `Layer.__call__` would add nothing: torch, no autocast, no quantization."""
-        return keras.backend.backend() == "torch" and all(
-            layer.dtype_policy.compute_dtype == layer.dtype_policy.variable_dtype
-            and not layer.dtype_policy.quantization_mode
-            for layer in self.layers
-        )
+        if fast_path.applies(self, training, mask, kwargs):
+            return fast_path.run(self, inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_config(self):
+        # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
+        config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable", "dtype")}
         return {
+            **config,
             "depths": list(self.depths),
             "dims": list(self.dims),
             "use_grn": self.use_grn,
@@ -205,8 +233,7 @@ class ConvNeXt(keras.Model):
             "features_only": self.features_only,
             "out_indices": list(self.out_indices),
             "architecture": self.architecture,
-            "name": self.name,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "pretrained_cfg": self.pretrained_cfg,
         }
 
     @classmethod
@@ -215,34 +242,6 @@ class ConvNeXt(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
-
-
-def _run_layers(model, inputs):
-    """Inference on torch: each layer's `call`, each intermediate freed after its last use.
-
-    Keras' graph runner calls `Layer.__call__` (per-call bookkeeping, ~25 ms a
-    forward on convnext_tiny) and keeps every intermediate alive to the end,
-    so each new activation lands in fresh, page-faulting memory. Same ops,
-    same results.
-    """
-    steps = [
-        node for depth in sorted(model._nodes_by_depth, reverse=True)
-        for node in model._nodes_by_depth[depth] if not node.is_input
-    ]
-    last_use = {id(t): i for i, node in enumerate(steps) for t in node.input_tensors}
-    for t in model.outputs:
-        last_use[id(t)] = len(steps)
-    values = {id(t): x for t, x in zip(model.inputs, inputs)}
-    for i, node in enumerate(steps):
-        args, kwargs = node.arguments.fill_in(values)
-        outputs = node.operation.call(*args, **kwargs)
-        for t, y in zip(node.outputs, keras.tree.flatten(outputs)):
-            values[id(t)] = y
-        for t in node.input_tensors:
-            if last_use[id(t)] == i:
-                values.pop(id(t), None)
-    outputs = [values[id(t)] for t in model.outputs]
-    return outputs[0] if len(outputs) == 1 else outputs
 
 
 _ZEROS_INIT = contextvars.ContextVar("convnext_hub_zeros_init", default=False)
@@ -360,29 +359,3 @@ class _Builder:
         if head_norm_first:
             x = self.norm("norm_pre")(x)
         return self.pool(x, pooling) if pooling else x
-
-
-def _model_class(use_grn):
-    from .faces import ConvNeXtV1, ConvNeXtV2
-
-    return ConvNeXtV2 if use_grn else ConvNeXtV1
-
-
-def create_model(model_name, pretrained=None, **kwargs):
-    """Builds the timm architecture `model_name` (see `list_models()`), as `timm.create_model` does.
-
-    Args:
-        model_name: a timm ConvNeXt architecture, e.g. "convnext_tiny" or "convnextv2_atto".
-        pretrained: optional local `.keras` / `.weights.h5` file to load weights from.
-        **kwargs: any argument of `ConvNeXt` except the structural ones.
-    """
-    config = variants.architecture(model_name)
-    clash = sorted(set(config) & set(kwargs))
-    if clash:
-        raise ValueError(f"Structural arguments are fixed by the architecture {model_name!r}. Received: {clash}")
-    model = _model_class(config["use_grn"])(architecture=model_name, **config, **kwargs)
-    if pretrained:
-        from .weights_io import load_weights_file
-
-        load_weights_file(model, pretrained)
-    return model

@@ -14,7 +14,6 @@ from .variants import STRUCTURAL_KEYS, structure_mismatches
 
 logger = logging.getLogger("convnext_hub")
 
-HEAD_LAYERS = ("head_fc",)
 SAFE_MODULES = ("keras", "convnext_hub")
 
 
@@ -63,11 +62,8 @@ def _stored_parameter_count(path):
 
 
 def _head_weights(model):
-    return [w for name in HEAD_LAYERS if _has_layer(model, name) for w in model.get_layer(name).weights]
-
-
-def _has_layer(model, name):
-    return any(layer.name == name for layer in model.layers)
+    classifier = model.classifier_layer()
+    return list(classifier.weights) if classifier is not None else []
 
 
 def load_weights_file(model, path):

@@ -13,6 +13,7 @@ import sys
 BACKEND_MODULES = [
     "tests/test_layers.py",
     "tests/test_models.py",
+    "tests/test_fast_path.py",
     "tests/test_training.py",
     "tests/test_equivalence.py",
     "tests/test_preprocessing.py",

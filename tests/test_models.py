@@ -169,22 +169,6 @@ def test_classifier_activation_and_num_classes_zero():
     assert headless.layers[-1].activation is keras.activations.gelu
 
 
-@pytest.mark.parametrize("name", ["convnext_atto_ols", "convnextv2_atto"])
-def test_inference_fast_path_equals_layer_calls(name, monkeypatch):
-    """On torch, inference skips `Layer.__call__`; the outputs are those of the plain functional run."""
-    model = create_model(name, input_shape=(64, 64, 3), features_only=True)
-    assert model._calls_layers_directly() == (keras.backend.backend() == "torch")
-    x = np.random.RandomState(0).rand(2, 64, 64, 3).astype("float32")
-    fast = model.predict_on_batch(x)
-    monkeypatch.setattr(model, "_calls_layers_directly", lambda: False)
-    plain = model.predict_on_batch(x)
-    assert len(fast) == len(plain) == 4
-    for a, b in zip(fast, plain):
-        np.testing.assert_array_equal(a, b)
-    mixed = create_model(name, input_shape=(64, 64, 3), dtype="mixed_bfloat16")
-    assert not mixed._calls_layers_directly()
-
-
 def test_drop_path_rates_rise_linearly():
     model = create_model("convnext_atto", drop_path_rate=0.3)
     rates = [layer.rate for layer in model.layers if isinstance(layer, convnext_hub.StochasticDepth)]

@@ -4,7 +4,8 @@ import os
 
 import checkpoints
 
-from ..model import create_model, zeros_initialized
+from ..families import create_model
+from ..model import zeros_initialized
 from . import sources
 from .cache import Cache
 

@@ -21,7 +21,8 @@ from converters.conversion import checkpoint_num_classes, convert, export_timm_s
 from converters.version import CONVERTER_VERSION
 
 from .. import variants
-from ..model import create_model, zeros_initialized
+from ..families import create_model
+from ..model import zeros_initialized
 from ..weights_io import load_weights_file, read_keras_config
 from . import fetch
 from .cache import entry_key

@@ -1,8 +1,14 @@
-"""The seed API: `ConvNeXtV1` / `ConvNeXtV2` with `MODEL_VARIANTS`, and `create_convnext_v1/v2`."""
+"""The two ConvNeXt families as classes, and `create_model` by timm architecture name.
+
+`ConvNeXtV1` / `ConvNeXtV2` name their sizes (`MODEL_VARIANTS`: "tiny" ->
+architecture, depths, dims, ...), as keras.applications users expect;
+`create_model` takes timm's architecture names. Both build the one `ConvNeXt`.
+"""
 import keras
 
 from . import variants
 from .model import ConvNeXt
+from .weights_io import load_weights_file
 
 
 class _Family(ConvNeXt):
@@ -14,16 +20,14 @@ class _Family(ConvNeXt):
     def from_variant(cls, variant, num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
         """Builds the `variant` of this family (a key of `MODEL_VARIANTS`).
 
-        `pretrained`: optional local `.keras` / `.weights.h5` file; the classifier is
-        skipped (with a warning) when its number of classes differs.
+        `pretrained`: optional local `.keras` / `.weights.h5` file or a converted
+        folder; the classifier is skipped (with a warning) when its number of classes differs.
         """
         if variant not in cls.MODEL_VARIANTS:
             raise ValueError(
                 f"Unknown {cls.__name__} variant. Received: variant={variant!r}; "
                 f"accepted: {list(cls.MODEL_VARIANTS)}"
             )
-        from .model import create_model
-
         return create_model(
             cls.MODEL_VARIANTS[variant]["architecture"],
             num_classes=num_classes,
@@ -45,6 +49,30 @@ class ConvNeXtV2(_Family):
     """ConvNeXt V2: GRN in every block's MLP, no layer scale."""
 
     MODEL_VARIANTS = variants.V2_VARIANTS
+
+
+def model_class(use_grn):
+    """The family class of a geometry: V2 has GRN."""
+    return ConvNeXtV2 if use_grn else ConvNeXtV1
+
+
+def create_model(model_name, pretrained=None, **kwargs):
+    """Builds the timm architecture `model_name` (see `list_models()`), as `timm.create_model` does.
+
+    Args:
+        model_name: a timm ConvNeXt architecture, e.g. "convnext_tiny" or "convnextv2_atto".
+        pretrained: optional local `.keras` / `.weights.h5` file, or a folder written by
+            `converters.timm_to_keras` / `converters.publish`, to load weights from.
+        **kwargs: any argument of `ConvNeXt` except the structural ones.
+    """
+    config = variants.architecture(model_name)
+    clash = sorted(set(config) & set(kwargs))
+    if clash:
+        raise ValueError(f"Structural arguments are fixed by the architecture {model_name!r}. Received: {clash}")
+    model = model_class(config["use_grn"])(architecture=model_name, **config, **kwargs)
+    if pretrained:
+        load_weights_file(model, pretrained)
+    return model
 
 
 def create_convnext_v1(variant="tiny", num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):

@@ -1,0 +1,80 @@
+"""Inference on the torch backend without Keras' per-layer bookkeeping: the one place that uses Keras internals.
+
+Keras' graph runner calls `Layer.__call__` for every layer (argument
+standardisation, masks, autocast, name scopes) and keeps every intermediate
+alive to the end of the forward, so each new activation lands in fresh,
+page-faulting memory. Calling each layer's `call` in graph order and freeing
+each intermediate after its last use gives the same ops and the same results.
+
+It reads three private attributes of Keras' `Functional` (`_nodes_by_depth`,
+`Node.arguments.fill_in`, `_standardize_inputs`), checked against the Keras
+versions in `CHECKED_KERAS_VERSIONS`. Where they are missing, models run
+through Keras' own call (one logged notice). `CONVNEXT_HUB_FAST_PATH=0` turns
+the fast path off.
+"""
+import logging
+import os
+
+import keras
+
+logger = logging.getLogger("convnext_hub")
+
+CHECKED_KERAS_VERSIONS = ("3.15",)
+MODEL_INTERNALS = ("_nodes_by_depth", "_standardize_inputs")  # and each node's `arguments.fill_in`
+ENV_SWITCH = "CONVNEXT_HUB_FAST_PATH"
+_notice_given = False
+
+
+def enabled():
+    """False when `CONVNEXT_HUB_FAST_PATH` is 0 / false / off."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def applies(model, training, mask, kwargs):
+    """True where the fast path gives exactly Keras' result: torch, inference, no autocast, no quantization."""
+    if training or mask is not None or kwargs or keras.backend.backend() != "torch" or not enabled():
+        return False
+    plain = all(
+        layer.dtype_policy.compute_dtype == layer.dtype_policy.variable_dtype
+        and not layer.dtype_policy.quantization_mode
+        for layer in model.layers
+    )
+    return plain and _internals_present(model)
+
+
+def _internals_present(model):
+    global _notice_given
+    present = all(hasattr(model, name) for name in MODEL_INTERNALS) and all(
+        hasattr(node, "arguments") and hasattr(node.arguments, "fill_in")
+        for nodes in model._nodes_by_depth.values() for node in nodes
+    )
+    if not present and not _notice_given:
+        _notice_given = True
+        logger.info(
+            "convnext_hub: Keras %s lacks the internals of the torch inference fast path (checked with %s); "
+            "using Keras' own call.", keras.__version__, ", ".join(CHECKED_KERAS_VERSIONS),
+        )
+    return present
+
+
+def run(model, inputs):
+    """`model(inputs)` in inference: each layer's `call` in graph order, intermediates freed after last use."""
+    inputs = model._standardize_inputs(inputs)
+    steps = [
+        node for depth in sorted(model._nodes_by_depth, reverse=True)
+        for node in model._nodes_by_depth[depth] if not node.is_input
+    ]
+    last_use = {id(t): i for i, node in enumerate(steps) for t in node.input_tensors}
+    for t in model.outputs:
+        last_use[id(t)] = len(steps)
+    values = {id(t): x for t, x in zip(model.inputs, inputs)}
+    for i, node in enumerate(steps):
+        args, kwargs = node.arguments.fill_in(values)
+        outputs = node.operation.call(*args, **kwargs)
+        for t, y in zip(node.outputs, keras.tree.flatten(outputs)):
+            values[id(t)] = y
+        for t in node.input_tensors:
+            if last_use[id(t)] == i:
+                values.pop(id(t), None)
+    outputs = [values[id(t)] for t in model.outputs]
+    return outputs[0] if len(outputs) == 1 else outputs
