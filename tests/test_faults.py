@@ -38,7 +38,7 @@ import pytest  # noqa: E402
 
 from convnext_hub.hub import Cache, load_pretrained  # noqa: E402
 from convnext_hub.hub import cache as cache_module  # noqa: E402
-from convnext_hub.hub import sources  # noqa: E402
+from convnext_hub.hub import timm_hub  # noqa: E402
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key  # noqa: E402
 from tests.checkpoint_factory import random_timm_model, save_safetensors, state_dict_numpy  # noqa: E402
 from tests.hub_server import local_hub, set_offline  # noqa: E402,F401
@@ -170,14 +170,14 @@ def barrier(stage):
 
 if no_locks:
     assert cache_module.FileLock is NoLock
-    convert_source = sources.convert_source
+    convert_source = timm_hub.convert_source
 
     def convert_then_meet(*args):  # all convert, then all race to rename their entry into place
         result = convert_source(*args)
         barrier("converted")
         return result
 
-    sources.convert_source = convert_then_meet
+    timm_hub.convert_source = convert_then_meet
 
 barrier("ready")
 model = load_pretrained(sys.argv[7])
@@ -900,7 +900,7 @@ def test_converter_version_bump_invalidates_old_entries(hub, reference, tmp_path
     new_version = bump_converter_version(monkeypatch)
     assert reference.key != old_key and f"-c{new_version}-" in reference.key
     used = []
-    from_registry = sources.from_registry
+    from_registry = timm_hub.from_registry
 
     def spy(*args, **kwargs):
         weights = from_registry(*args, **kwargs)

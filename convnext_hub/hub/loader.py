@@ -6,7 +6,7 @@ import checkpoints
 
 from ..families import create_model
 from ..model import zeros_initialized
-from . import sources
+from . import sources, timm_hub
 from .cache import Cache
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _weights(name, revision, cache_dir, local_files_only, token):
             if not os.path.exists(name):
                 raise
         else:
-            return sources.from_registry(entry, Cache(cache_dir), revision, token, local_files_only)
+            return timm_hub.from_registry(entry, Cache(cache_dir), revision, token, local_files_only)
     if revision is not None:
         raise ValueError(f"`revision` applies to Hub checkpoints only. Received: name={name!r}, revision={revision!r}")
     return sources.from_local(name)

@@ -1,0 +1,50 @@
+"""`Weights`: pretrained weights from any source, ready to load into a model."""
+import os
+from dataclasses import dataclass
+
+from converters import check_finite, load_checkpoint, to_timm_keys
+from converters.conversion import export_timm_state_dict, load_timm_state_dict
+
+from ..families import create_model
+from ..model import zeros_initialized
+from ..weights_io import load_weights_file
+
+HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
+
+
+@dataclass
+class Weights:
+    """Pretrained weights ready to load into a model of `architecture`."""
+
+    architecture: str
+    num_classes: int  # classes of the stored classifier; 0 when it has none
+    pretrained_cfg: dict
+    source: str  # for messages
+    state_dict: dict | None = None  # timm keys, float32 arrays or lazily read tensors
+    keras_file: str | None = None  # `.weights.h5` / `.keras` of a model with `stored_config`
+    stored_config: dict | None = None
+
+    def load_into(self, model):
+        """Set every weight of `model` (built for `architecture`); a different head is left fresh."""
+        if self.keras_file is not None and all(
+            getattr(model, flag) == self.stored_config[flag] for flag in HEAD_DEFAULTS
+        ):
+            load_weights_file(model, self.keras_file)
+        else:
+            load_timm_state_dict(model, self.timm_state_dict(), source=self.source)
+        return model
+
+    def timm_state_dict(self):
+        if self.state_dict is None:  # a Keras file: load it as stored, then export
+            with zeros_initialized():
+                stored = create_model(self.architecture, **self.stored_config)
+            load_weights_file(stored, self.keras_file)
+            self.state_dict = export_timm_state_dict(stored)
+        return self.state_dict
+
+
+def read_timm_state_dict(path):
+    """A checkpoint file or folder as a finite, timm-keyed `{key: array}` (safetensors read lazily)."""
+    state_dict = to_timm_keys(load_checkpoint(path, lazy=True), source=os.fspath(path))
+    check_finite(state_dict, os.fspath(path))
+    return state_dict
