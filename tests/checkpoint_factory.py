@@ -6,9 +6,11 @@ a wrong mapping cannot hide behind an init value (ones, zeros, 1e-6).
 import json
 import math
 import os
+import pathlib
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from converters.randomize import randomize_  # noqa: F401  (re-exported for tests)
@@ -127,3 +129,30 @@ def save_sharded(sd, folder, n_shards=3, fmt="safetensors"):
     with open(index, "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=2)
     return index
+
+
+class RandomCheckpoints:
+    """Random timm checkpoints saved once per (arch, seed, num_classes, format) in `folder`.
+
+    `make(arch, seed=0)` -> `(random timm model, path of its model.safetensors)`;
+    `fmt="pth"` saves a `torch.save` file instead.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        self._made = {}
+
+    def __call__(self, arch, seed=0, num_classes=1000, fmt="safetensors"):
+        key = (arch, seed, num_classes, fmt)
+        if key not in self._made:
+            model = random_timm_model(arch, num_classes=num_classes, seed=seed)
+            path = pathlib.Path(self.folder) / f"{arch}-{seed}-{num_classes}.{fmt}"
+            (save_safetensors if fmt == "safetensors" else save_pth)(model.state_dict(), path)
+            self._made[key] = model, path
+        return self._made[key]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """`checkpoint(arch, seed=0, num_classes=1000)` -> (random timm model, its .safetensors), made once per module."""
+    return RandomCheckpoints(tmp_path_factory.mktemp("checkpoints"))

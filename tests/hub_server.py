@@ -49,6 +49,7 @@ Protocol notes (file / function of huggingface_hub that needs each detail):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -1007,3 +1008,39 @@ def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Local
         yield hub
     close_session()  # drop pooled keep-alive connections to the stopped server
     shutil.rmtree(tmp_path / "localhub_store", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- shared helpers for test modules
+
+
+def timm_config_json(tag: str, num_classes: int = 1000) -> str:
+    """The `config.json` of a timm Hub repo `timm/<tag>` (what `timm.models.push_to_hf_hub` writes, trimmed)."""
+    arch, _, pretrained_tag = tag.partition(".")
+    return json.dumps({"architecture": arch, "num_classes": num_classes, "pretrained_cfg": {"tag": pretrained_tag}})
+
+
+def upload_timm_checkpoint(
+    hub: LocalHub, tag: str, weights: str | os.PathLike, filename: str = "model.safetensors", num_classes: int = 1000
+) -> str:
+    """Commit `weights` (a local file) as `filename` plus a timm-style config.json to `timm/<tag>`; returns the sha."""
+    return hub.add_commit(f"timm/{tag}", {filename: Path(weights), "config.json": timm_config_json(tag, num_classes)})
+
+
+@contextlib.contextmanager
+def running_hub(root: str | os.PathLike) -> Iterator[LocalHub]:
+    """A started LocalHub that huggingface_hub (this process and its children) talks to, for a whole module.
+
+    The fixture-free form of `local_hub`: `with running_hub(tmp_path_factory.mktemp("hub")) as hub: ...`
+    inside a module-scoped fixture. Blobs live under `root/store`, the client cache in `hub.cache_dir`.
+    """
+    from huggingface_hub.utils import close_session
+
+    root = Path(root)
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        with LocalHub(root / "store") as hub:
+            hub.cache_dir = configure_hub_env(monkeypatch, hub.endpoint, root / "hf_home" / "hub").cache_dir
+            yield hub
+    finally:
+        monkeypatch.undo()
+        close_session()
