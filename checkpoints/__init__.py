@@ -20,6 +20,7 @@ from importlib import resources
 
 __all__ = [
     "LABEL_SETS",
+    "NON_COMMERCIAL_LICENSES",
     "UnknownCheckpointError",
     "aliases",
     "label_names",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 LABEL_SETS = ("imagenet-1k", "imagenet-12k", "imagenet-22k")
+# Licenses of registry checkpoints that allow non-commercial use only (stated at load time and on model cards).
+NON_COMMERCIAL_LICENSES = ("cc-by-nc-4.0", "dinov3-license", "fair-noncommercial-research-license")
 _MAX_SUGGESTIONS = 5
 
 

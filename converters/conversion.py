@@ -7,7 +7,10 @@ import math
 import keras
 import numpy as np
 
-from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError, check_finite
+from convnext_hub.families import create_from_structure, create_model
+from convnext_hub.model import kernel_initializer, zeros_initialized
+
+from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
 from .mapping import weight_slots
 
@@ -24,25 +27,26 @@ def checkpoint_num_classes(state_dict):
     return 0 if weight is None else int(weight.shape[0])
 
 
-def convert(state_dict, arch=None, *, source="<state dict>", progress=False, **model_kwargs):
+def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwargs):
     """Builds the Keras model for a timm / official / HF state dict and loads its weights.
 
     Args:
         state_dict: `{key: ndarray}` in any supported layout.
         arch: timm architecture; inferred from the tensors when None, else checked.
-        source: file name used in messages.
+            Tensors of no named architecture give a model of their own geometry.
+        source: file name used in messages; default the file `load_checkpoint` read.
         progress: show a progress bar while weights are set (large models).
         **model_kwargs: `convnext_hub.create_model` arguments (`num_classes`, `input_shape`,
             `include_top`, `features_only`, ...). `num_classes` defaults to the checkpoint's.
+            For a custom geometry also `norm_eps` and, where norms have no bias, `norm`.
     """
-    from convnext_hub.model import zeros_initialized
-
+    source = _source_name(state_dict, source)
     with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
     return load_timm_state_dict(model, state_dict, source=source, progress=progress)
 
 
-def convert_to_weights_file(state_dict, path, arch=None, *, source="<state dict>", progress=False, **model_kwargs):
+def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, **model_kwargs):
     """Writes the `.weights.h5` of `convert(...)` without ever holding the weights in memory.
 
     The model is built as a shell (variables declared, never allocated); Keras'
@@ -51,6 +55,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source="<state dict>
     checks and errors as `convert`; returns the shell model (architecture and
     config, no weights).
     """
+    source = _source_name(state_dict, source)
     with keras.StatelessScope(initialize_variables=False):
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
     plan = plan_weights(model, state_dict, source=source)
@@ -122,30 +127,33 @@ def _progress_bar(plan):
     """A progress bar over the tensors of `plan` (iterate it, or call `update()` per tensor)."""
     from tqdm.auto import tqdm
 
-    return tqdm(plan, total=len(plan), desc="weights", unit="tensor", leave=False)
+    # disable=None: no bar when stderr is not a terminal (a redirected bar runs into the next log line)
+    return tqdm(plan, total=len(plan), desc="weights", unit="tensor", leave=False, disable=None)
+
+
+def _source_name(state_dict, source):
+    return source or getattr(state_dict, "source", None) or "<state dict>"
 
 
 def _model_for(state_dict, arch, source, model_kwargs):
     """The Keras model (built in the caller's scope) for a state dict, and the dict in timm keys."""
-    from convnext_hub.families import create_model
-
     state_dict = layouts.to_timm_keys(state_dict, source=source)
-    if arch is None:
-        info = layouts.infer_architecture(state_dict, source=source)
-        arch = info["arch"]
-        if arch is None:
-            raise ArchitectureError(
-                f"{source}: the tensors match no timm ConvNeXt architecture "
-                f"(depths={info['depths']}, dims={info['dims']}); pass arch= to say which."
-            )
-    else:
-        layouts.check_architecture(state_dict, arch, source=source)
     model_kwargs = {"num_classes": checkpoint_num_classes(state_dict), **model_kwargs}
     if model_kwargs["num_classes"] > MAX_CLASSES:  # refuse before allocating a giant head
         raise ShapeMismatchError(
             f"{source}: 'head.fc.weight' declares {model_kwargs['num_classes']} classes (at most {MAX_CLASSES})"
         )
-    return create_model(arch, **model_kwargs), state_dict
+    if arch is not None:
+        layouts.check_architecture(state_dict, arch, source=source)
+        return create_model(arch, **model_kwargs), state_dict
+    info = layouts.infer_architecture(state_dict, source=source)
+    if info["arch"] is not None:
+        return create_model(info["arch"], **model_kwargs), state_dict
+    hints = {key: model_kwargs.pop(key) for key in ("norm", "norm_eps") if key in model_kwargs}
+    structure = layouts.inferred_structure(info, source, **hints)
+    logger.info("%s: a custom ConvNeXt geometry (depths=%s, dims=%s): no timm architecture name",
+                source, list(structure["depths"]), list(structure["dims"]))
+    return create_from_structure(structure, **model_kwargs), state_dict
 
 
 def _droppable(state_dict, model):
@@ -227,8 +235,6 @@ def _read(slot, tensor, source, scratch=None):
 
 def _initial_value(variable):
     """timm's initialisation: kernels truncated normal(0.02), norm scales 1, the rest 0."""
-    from convnext_hub.model import kernel_initializer
-
     name = variable.path.rsplit("/", 1)[-1]
     init = kernel_initializer() if name == "kernel" else ("ones" if name == "gamma" else "zeros")
     return keras.initializers.get(init)(variable.shape, dtype=variable.dtype)

@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from convnext_hub.variants import ARCHITECTURES
+
 from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError
 
 logger = logging.getLogger("converters")
@@ -49,6 +51,8 @@ def to_timm_keys(state_dict, source="state dict"):
     backbone norms, open_clip's text tower) are dropped and logged on the
     "converters" logger. Any other key is renamed by the layout's rules, or kept.
     """
+    source = getattr(state_dict, "source", None) if source == "state dict" else source
+    source = source or "state dict"
     layout = detect_layout(state_dict, source)
     rename = {"timm": _timm_key, "official": _official_key, "hf": _hf_key, "clip": _clip_key}[layout]
     out, origin, dropped = {}, {}, []
@@ -143,9 +147,6 @@ NO_BIAS_NORMS = ("rmsnorm2d", "simplenorm")  # indistinguishable from their tens
 
 
 def _architectures():
-    # Imported here: the convnext_hub package imports keras, which this module must not at import time.
-    from convnext_hub.variants import ARCHITECTURES
-
     return ARCHITECTURES
 
 
@@ -265,3 +266,25 @@ def check_architecture(state_dict, arch, source="state dict"):
         )
         raise ArchitectureError(f"{source}: the checkpoint does not fit {arch}: {details}")
     return {**info, "arch": arch, "norm": table[arch]["norm"]}
+
+
+def inferred_structure(info, source="state dict", norm=None, norm_eps=1e-6):
+    """`ConvNeXt` structural arguments for a checkpoint of a geometry timm has no name for.
+
+    `info` is `infer_architecture`'s result. Two things are not in the tensors:
+    the norm epsilon (default timm's 1e-6) and, for bias-free norms, whether
+    they are `rmsnorm2d` or `simplenorm` (`norm` must say).
+    """
+    norm = info["norm"] or norm
+    if norm is None:
+        raise ArchitectureError(
+            f"{source}: the norms have no bias (rmsnorm2d or simplenorm look alike); pass norm='rmsnorm2d' or "
+            "norm='simplenorm'")
+    if info["stem_type"] == "patch" and info["patch_size"] != TIMM_PATCH_SIZE:
+        raise ArchitectureError(f"{source}: a {info['patch_size']}x{info['patch_size']} patch stem; ConvNeXt's is 4x4")
+    return {
+        "depths": tuple(info["depths"]), "dims": tuple(info["dims"]), "use_grn": info["use_grn"],
+        "layer_scale_init_value": 1e-6 if info["layer_scale"] else None, "stem_type": info["stem_type"],
+        "norm": norm, "norm_eps": norm_eps, "conv_mlp": info["conv_mlp"], "head_norm_first": info["head_norm_first"],
+        "head_hidden_size": info["head_hidden_size"], "kernel_size": info["kernel_size"],
+    }

@@ -1,111 +1,75 @@
 """Publish the Keras conversion of a checkpoint to the Hugging Face Hub.
 
-    python -m converters.publish NAME --repo-id ORG/REPO [--private] [--dry-run DIR] [--revision REV]
+    python -m converters.publish NAME --repo-id ORG/REPO [--private] [--dry-run DIR] [--revision REV] [--debug]
 
-NAME is anything `convnext_hub.hub.load_pretrained` accepts; `--revision` pins
-the source checkpoint's revision. The folder written holds `model.weights.h5`
-(Keras `save_weights`), `config.json` (architecture, model config, pretrained
-cfg) and a model card `README.md`. With `--dry-run DIR` it is written to DIR and
-nothing is uploaded; otherwise the repo is created (if needed) and the folder
-uploaded. `load_pretrained("hf://ORG/REPO")` loads it back.
+NAME is anything `convnext_hub.load_pretrained` accepts; `--revision` pins
+the source checkpoint's revision. The folder written is a `convnext_hub.saved_folder`
+(`model.weights.h5` and `config.json`) plus a model card `README.md`. With
+`--dry-run DIR` it is written to DIR and nothing is uploaded; otherwise the repo
+is created (if needed) and the folder uploaded. `load_pretrained("hf://ORG/REPO")`
+loads it back.
 
-When torch and timm are importable, the card states the largest difference
-between the Keras logits and timm's, both run with the source weights on a
-fixed random input; publishing is refused if it is above `MAX_RELATIVE_DELTA`.
+When torch and timm are importable, the card states the comparison with timm
+(`converters.verification`: every stage map and the logits, with the source
+weights, on a fixed random input); publishing is refused if it fails.
 """
 import argparse
-import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-from .version import CONVERTER_VERSION
+from checkpoints import NON_COMMERCIAL_LICENSES
+
+from . import cli
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.weights.h5"
-CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 CARD_TAGS = ("image-classification", "convnext", "keras")
 HF_LICENSE_IDS = ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "bsd-3-clause")  # others: `license: other`
-MAX_RELATIVE_DELTA = 1e-4
-DELTA_BATCH = 2
 
 
-def _torch_first():
-    """Import torch and timm before Keras / TensorFlow (the other order crashes some machines); None if absent."""
+def _timm_available():
     try:
-        import timm
-        import torch
+        import timm  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
-        return None
-    return torch, timm
+        return False
+    return True
 
 
 def write_folder(name, folder, *, revision=None, cache_dir=None, token=None, repo_id=None):
-    """Writes the weights, config.json and README.md for checkpoint `name` into `folder`; returns the config."""
-    frameworks = _torch_first()
-    import convnext_hub
+    """Writes the saved folder of checkpoint `name` and its model card into `folder`; returns the config."""
+    compare = _timm_available()
+    cli.start_frameworks(need_timm=compare)
+    from convnext_hub import saved_folder
     from convnext_hub.hub import load_pretrained
 
+    from .version import CONVERTER_VERSION
+
     model = load_pretrained(name, revision=revision, cache_dir=cache_dir, token=token)
-    delta = measure_against_timm(model, frameworks, token)
-    if delta and delta["max_abs_diff"] > MAX_RELATIVE_DELTA * delta["max_abs_ref"]:
-        raise ValueError(
-            f"{name}: refusing to publish: the Keras logits differ from timm's by up to {delta['max_abs_diff']:.3g} "
-            f"(max |logit| {delta['max_abs_ref']:.3g}), more than {MAX_RELATIVE_DELTA:g} relative"
-        )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_weights(folder / WEIGHTS_FILE)
-    config = {
-        "convnext_hub_version": convnext_hub.__version__,
-        "converter_version": CONVERTER_VERSION,
-        "architecture": model.architecture,
-        "model_config": model.get_config(),
-        "pretrained_cfg": model.pretrained_cfg,
-        "equivalence": delta,
-    }
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_FILE).write_text(model_card(config, repo_id))
+    report = measure_against_timm(model, token) if compare else None
+    if report is not None and not report.passed:
+        raise ValueError(f"{name}: refusing to publish: the Keras outputs differ from timm's: "
+                         + "; ".join(report.lines()))
+    config = saved_folder.write(folder, model, converter_version=CONVERTER_VERSION,
+                                equivalence=report.as_dict() if report else None)
+    Path(folder, CARD_FILE).write_text(model_card(config, repo_id))
     return config
 
 
-def measure_against_timm(model, frameworks, token=None):
-    """max|Δ| of `model`'s logits against timm's with the source weights, or None if not measurable."""
-    cfg = model.pretrained_cfg or {}
-    source = cfg.get("source", {})
-    if frameworks is None or not model.include_top or not ("path" in source or "filename" in source):
-        return None
-    torch, timm = frameworks
-    import keras
-    import numpy as np
-    from timm.models.convnext import checkpoint_filter_fn
+def measure_against_timm(model, token=None):
+    """`converters.verification`'s report of `model` against timm with the source weights."""
+    from convnext_hub.hub.sources import source_state_dict
 
-    from .readers import load_checkpoint
+    from . import layouts, verification
+    from .conversion import checkpoint_num_classes
 
-    path = source.get("path")
-    if path is None:
-        import huggingface_hub
-
-        path = huggingface_hub.hf_hub_download(
-            source["repo_id"], source["filename"], revision=source["revision"], token=token)
-    state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in load_checkpoint(path).items()}
-    reference = timm.create_model(model.architecture, pretrained=False, num_classes=model.num_classes).eval()
-    reference.load_state_dict(checkpoint_filter_fn(state_dict, reference))
-    size = cfg.get("input_size", [3, 224, 224])[1:]
-    images = np.random.default_rng(0).standard_normal((DELTA_BATCH, *size, 3)).astype("float32")
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-    actual = keras.ops.convert_to_numpy(model(images, training=False))
-    return {
-        "max_abs_diff": float(np.abs(actual - expected).max()),
-        "max_abs_ref": float(np.abs(expected).max()),
-        "input_shape": [DELTA_BATCH, *size, 3],
-        "timm_version": timm.__version__,
-        "keras_backend": keras.backend.backend(),
-    }
+    state_dict = layouts.to_timm_keys(source_state_dict(model.pretrained_cfg, token))
+    reference, head_loaded = verification.timm_reference(model, state_dict, checkpoint_num_classes(state_dict))
+    size = (model.pretrained_cfg or {}).get("input_size", [3, 224, 224])[1:]
+    return verification.compare(model, reference, verification.random_images(*size), head_loaded=head_loaded)
 
 
 def model_card(config, repo_id=None):
@@ -156,20 +120,20 @@ def model_card(config, repo_id=None):
     return "\n".join(front + [""] + body)
 
 
-def _delta_line(delta):
-    if not delta:
+def _delta_line(equivalence):
+    if not equivalence:
         return "Not measured (torch and timm were not installed where this conversion was published)."
+    rows = ", ".join(
+        f"{name} {out['max_abs_diff'] / max(out['max_abs_ref'], 1e-30):.2g}" for name, out in equivalence["outputs"].items()
+    )
     return (
-        f"Max |Δ| of the logits against timm {delta['timm_version']} with the same source weights, on a fixed random "
-        f"{'x'.join(map(str, delta['input_shape']))} float32 input on CPU (Keras backend {delta['keras_backend']}): "
-        f"{delta['max_abs_diff']:.3g} (max |logit| {delta['max_abs_ref']:.3g}, relative "
-        f"{delta['max_abs_diff'] / max(delta['max_abs_ref'], 1e-30):.2g})."
+        f"Max |Δ| / max |timm| against timm with the same source weights, on a fixed random "
+        f"{'x'.join(map(str, equivalence['input_shape']))} float32 input on CPU: {rows} "
+        f"(bar {equivalence['tolerance']:g})."
     )
 
 
 def _license_line(license_name):
-    from convnext_hub.hub.loader import NON_COMMERCIAL_LICENSES
-
     if not license_name:
         return "The license of the source weights is not known: check it before use."
     note = " It allows non-commercial use only." if license_name in NON_COMMERCIAL_LICENSES else ""
@@ -201,15 +165,16 @@ def main(argv=None):
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="DIR", help="write the folder to DIR and upload nothing")
     parser.add_argument("--revision", help="revision of the source checkpoint (default: main)")
+    cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    cli.setup_logging()
+
+    def command():
         where = publish(args.name, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
-    except (ValueError, OSError) as e:  # unknown name, bad checkpoint, no network, unwritable cache / folder
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{'wrote' if args.dry_run else 'published'} {args.name}: {where}")
-    return 0
+        print(f"{'wrote' if args.dry_run else 'published'} {args.name}: {where}")
+        return 0
+
+    return cli.run(command, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,16 @@ FOLDER_WEIGHTS = (
 )
 
 
+class StateDict(dict):
+    """`{key: tensor}` that remembers the file it was read from, so later errors can name it."""
+
+    def __init__(self, tensors, source):
+        super().__init__(tensors)
+        self.source = source
+
+
 def load_checkpoint(path, lazy=False):
-    """Read `path` (file or model folder) into `{key: numpy.ndarray}`.
+    """Read `path` (file or model folder) into `{key: numpy.ndarray}` (a `StateDict`, whose `source` is the file).
 
     `lazy=True`: safetensors values are `LazyTensor`s, read when converted to arrays.
 
@@ -56,14 +64,18 @@ def load_checkpoint(path, lazy=False):
     CheckpointFormatError naming the file for anything unreadable or unsafe.
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointFormatError(f"{path}: no such file or folder")
     if os.path.isdir(path):
         return load_checkpoint(weights_file_in(path), lazy)
     kind = sniff_format(path)
     if kind == "safetensors":
-        return read_safetensors(path, lazy)
-    if kind == "index":
-        return read_sharded(path, lazy)
-    return read_torch_pickle(path, zipped=kind == "torch_zip")
+        tensors = read_safetensors(path, lazy)
+    elif kind == "index":
+        tensors = read_sharded(path, lazy)
+    else:
+        tensors = read_torch_pickle(path, zipped=kind == "torch_zip")
+    return StateDict(tensors, path)
 
 
 def weights_file_in(folder):

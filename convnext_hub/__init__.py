@@ -8,6 +8,7 @@ from .model import ConvNeXt
 from .families import create_model
 from .preprocessing import Preprocessor, preprocess_input
 from .variants import ARCHITECTURES, list_models
+from .version import __version__
 
 
 
@@ -19,9 +20,9 @@ def __getattr__(name):
         return load_pretrained
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "ARCHITECTURES",
     "ConvNeXt",
     "ConvNeXtV1",

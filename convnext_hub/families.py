@@ -69,7 +69,13 @@ def create_model(model_name, pretrained=None, **kwargs):
     clash = sorted(set(config) & set(kwargs))
     if clash:
         raise ValueError(f"Structural arguments are fixed by the architecture {model_name!r}. Received: {clash}")
-    model = model_class(config["use_grn"])(architecture=model_name, **config, **kwargs)
+    return create_from_structure(config, architecture=model_name, pretrained=pretrained, **kwargs)
+
+
+def create_from_structure(structure, architecture=None, pretrained=None, **kwargs):
+    """Builds a ConvNeXt of any geometry: `structure` holds `variants.STRUCTURAL_KEYS` (a timm
+    architecture's entry, or the geometry of a custom checkpoint); `kwargs` the other arguments."""
+    model = model_class(structure["use_grn"])(architecture=architecture, **structure, **kwargs)
     if pretrained:
         load_weights_file(model, pretrained)
     return model

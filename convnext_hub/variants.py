@@ -92,6 +92,15 @@ def structure_mismatches(stored, expected):
     ]
 
 
+def structure_of(config):
+    """The structural arguments in a model config (or a `ConvNeXt`), lists as tuples."""
+    def get(key):
+        value = config[key] if isinstance(config, dict) else getattr(config, key)
+        return tuple(value) if isinstance(value, list) else value
+
+    return {key: get(key) for key in STRUCTURAL_KEYS}
+
+
 def _family(prefix, sizes):
     """The seed API's variants (`ConvNeXtV1.from_variant("tiny")`): size -> architecture."""
     return {size: {"architecture": f"{prefix}{size}", **ARCHITECTURES[f"{prefix}{size}"]} for size in sizes}

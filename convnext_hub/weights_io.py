@@ -1,20 +1,21 @@
-"""Loading weights from local `.keras` / `.weights.h5` files, head mismatch allowed.
+"""Loading weights from local `.keras` / `.weights.h5` files or saved folders, head mismatch allowed.
 
 Nothing from the file is deserialized: a `.keras` archive's config is read as
 JSON and only checked, so no code from the file can run.
 """
 import json
 import logging
-import warnings
 import zipfile
+from pathlib import Path
 
-import numpy as np
-
-from .variants import STRUCTURAL_KEYS, structure_mismatches
+from . import saved_folder
+from .model import HEAD_LAYERS, zeros_initialized
+from .variants import structure_mismatches, structure_of
 
 logger = logging.getLogger("convnext_hub")
 
 SAFE_MODULES = ("keras", "convnext_hub")
+HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
 
 
 def read_keras_config(path):
@@ -40,13 +41,20 @@ def _check_safe(node, path):
             _check_safe(value, path)
 
 
-def _check_structure(model, config, path):
-    model_structure = {key: getattr(model, key) for key in STRUCTURAL_KEYS}
-    for key, stored, expected in structure_mismatches(config.get("config", {}), model_structure):
+def _check_structure(model, model_config, path):
+    for key, stored, expected in structure_mismatches(model_config, structure_of(model)):
         raise ValueError(f"{path} holds a different architecture: {key}={stored!r}, the model has {key}={expected!r}.")
 
 
-def _stored_parameter_count(path):
+def _stored_head(model, path, model_config):
+    """`{"include_top", "features_only", "num_classes"}` of the model saved in `path`.
+
+    From its config where there is one. A bare `.weights.h5` names no layers
+    (Keras numbers them by type), so its classifier size comes from its
+    parameter count: the model's backbone plus `(features + 1) * classes`.
+    """
+    if model_config is not None:
+        return {key: model_config.get(key, default) for key, default in HEAD_DEFAULTS.items()}
     import h5py
 
     total = 0
@@ -54,46 +62,83 @@ def _stored_parameter_count(path):
     def visit(name, obj):
         nonlocal total
         if isinstance(obj, h5py.Dataset) and name.startswith("layers/"):
-            total += int(np.prod(obj.shape))
+            total += int(obj.size)
 
     with h5py.File(path, "r") as f:
         f.visititems(visit)
-    return total
+    with zeros_initialized():
+        probe = type(model).from_config({**model.get_config(), "num_classes": 0, "include_top": True,
+                                         "features_only": False, "pretrained_cfg": None})
+    extra, features = total - probe.count_params(), probe.output_shape[-1]
+    if extra < 0 or extra % (features + 1):
+        raise ValueError(f"{path} does not hold weights of {model.architecture or model.name}: "
+                         f"{total:,} values, which no head on this backbone gives")
+    return {"include_top": True, "features_only": False, "num_classes": extra // (features + 1)}
 
 
-def _head_weights(model):
-    classifier = model.classifier_layer()
-    return list(classifier.weights) if classifier is not None else []
+def _loads_directly(model, stored):
+    """True when every weighted head layer of `model` is in the file with its shape."""
+    stored_has_head = stored["include_top"] and not stored["features_only"]
+    if not (model.include_top and not model.features_only):  # only norm_pre (hnf without top) is weighted
+        return stored_has_head
+    return stored_has_head and model.num_classes == stored["num_classes"]
 
 
 def load_weights_file(model, path):
-    """Loads `path` into `model`; a classifier of another size is skipped with a warning.
+    """Loads `path` into `model`; a classifier of another size (or none in the file) is left fresh, logged.
 
-    Raises ValueError when anything but the classifier fails to match.
+    `path`: a `.keras` / `.weights.h5` file, or a folder written by the converters
+    (`saved_folder`). Raises ValueError when anything but the head fails to match.
     """
-    path = str(path)
-    if path.endswith(".keras"):
-        _check_structure(model, read_keras_config(path), path)
-    try:
+    path, model_config = _weights_and_config(model, Path(path))
+    if not any(layer.weights for layer in model.head_layers()):  # a backbone: every file holds its weights
         model.load_weights(path)
         return
-    except ValueError:
-        pass
-    head = _head_weights(model)
-    backbone_count = model.count_params() - sum(int(np.prod(w.shape)) for w in head)
-    if path.endswith(".weights.h5"):
-        extra = _stored_parameter_count(path) - backbone_count
-        features = head[0].shape[0] if head else None
-        if extra < 0 or (extra and (not features or extra % (features + 1))):
-            raise ValueError(
-                f"{path} does not hold weights of this architecture "
-                f"({model.architecture or model.name}): its backbone does not match."
-            )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.load_weights(path, skip_mismatch=True)
+    stored = _stored_head(model, path, model_config)
+    if _loads_directly(model, stored):
+        model.load_weights(path)
+        return
+    # The head differs: load the file into a model of its own head, then take the layers that fit.
+    with zeros_initialized():
+        source = type(model).from_config({**model.get_config(), **stored, "pretrained_cfg": None})
+    try:
+        source.load_weights(path)
+    except ValueError as e:
+        raise ValueError(f"{path} does not hold weights of {model.architecture or model.name}: {e}") from None
+    fresh = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if not _has_layer(source, layer.name) or _shapes(source.get_layer(layer.name)) != _shapes(layer):
+            fresh.append(layer.name)
+            continue
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+    if any(name not in HEAD_LAYERS for name in fresh):
+        raise ValueError(f"{path} does not hold weights of {model.architecture or model.name}: no {fresh[0]}")
     logger.warning(
-        "%s: classifier weights skipped (%s): their number of classes differs from the model's "
-        "(num_classes=%d); the classifier is freshly initialised.",
-        path, ", ".join(w.path for w in head) or "none in the model", model.num_classes,
+        "%s: head layers left freshly initialised (%s): the file's head (num_classes=%d) differs from the "
+        "model's (num_classes=%d).", path, ", ".join(fresh), stored["num_classes"], model.num_classes,
     )
+
+
+def _weights_and_config(model, path):
+    """The weights file and the stored model config (None for a bare `.weights.h5`), structure checked."""
+    model_config = None
+    if path.is_dir() or (path.parent / saved_folder.CONFIG_FILE).is_file() and path.name in saved_folder.WEIGHT_FILES:
+        saved = saved_folder.read(path)
+        model_config, path = saved.model_config, saved.weights_path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.name.endswith(".keras"):
+        model_config = read_keras_config(path).get("config", {})
+    if model_config is not None:
+        _check_structure(model, model_config, path)
+    return str(path), model_config
+
+
+def _has_layer(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def _shapes(layer):
+    return [tuple(w.shape) for w in layer.weights]

@@ -1,6 +1,5 @@
-"""Where pretrained weights come from besides timm's Hub checkpoints: Keras conversions published
-on the Hub (`hf://`) and local files / folders."""
-import json
+"""Where pretrained weights come from besides timm's Hub checkpoints: converted folders published
+on the Hub (`hf://`), and local files and folders."""
 import logging
 import os
 from pathlib import Path
@@ -10,28 +9,26 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from converters import ArchitectureError, infer_architecture
 from converters.conversion import checkpoint_num_classes
+from converters.layouts import inferred_structure
 
-from .. import variants
+from .. import saved_folder, variants
 from ..weights_io import read_keras_config
 from . import fetch
 from .weights import HEAD_DEFAULTS, Weights, read_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
-KERAS_CONFIG = "config.json"
-KERAS_WEIGHTS = "model.weights.h5"
 
-
-# --------------------------------------------------------------------------- Keras conversions (hf://)
+# --------------------------------------------------------------------------- converted folders on the Hub (hf://)
 
 
 def from_keras_repo(repo_id, cache, revision=None, token=None, local_files_only=False):
-    """Weights published by `converters.publish`: every file from the commit `revision` is at now.
+    """Weights of a folder `converters.publish` uploaded: every file from the commit `revision` is at now.
 
-    The commit is recorded in `cache`'s refs, so that offline loads find the same snapshot
+    The commit is recorded in `cache`'s commit refs, so that offline loads find the same snapshot
     in huggingface_hub's cache.
     """
-    revision, ref_name = revision or "main", f"hf/{repo_id}"
+    revision = revision or "main"
     commit = None
     if not fetch.is_offline(local_files_only):
         try:
@@ -43,43 +40,40 @@ def from_keras_repo(repo_id, cache, revision=None, token=None, local_files_only=
                            repo_id, type(e).__name__, e)
     cached_only = commit is None
     if cached_only:
-        commit = cache.read_ref(ref_name, revision) or revision
-    try:
-        config, weights = [
-            huggingface_hub.hf_hub_download(
+        commit = cache.commit_refs.read(repo_id, revision) or revision
+
+    def download(filename):
+        try:
+            return huggingface_hub.hf_hub_download(
                 repo_id, filename, revision=commit, token=token, local_files_only=cached_only)
-            for filename in (KERAS_CONFIG, KERAS_WEIGHTS)
-        ]
-    except LocalEntryNotFoundError as e:
-        raise fetch.WeightsUnavailableError(
-            f"hf://{repo_id}: the Hub cannot be reached or offline mode is on, and huggingface_hub's cache lacks "
-            f"{KERAS_CONFIG} / {KERAS_WEIGHTS} at revision {revision!r}. " + fetch.fetch_hint(repo_id)
-        ) from e
-    commit = Path(config).parent.name  # the snapshot's commit
+        except LocalEntryNotFoundError as e:
+            raise fetch.WeightsUnavailableError(
+                f"hf://{repo_id}: the Hub cannot be reached or offline mode is on, and huggingface_hub's cache "
+                f"lacks {filename} at revision {revision!r}. " + fetch.fetch_hint(repo_id)
+            ) from e
+
+    config_path = Path(download(saved_folder.CONFIG_FILE))
+    download(saved_folder.weights_file_named(saved_folder.read_config(config_path)))
+    commit = config_path.parent.name  # the snapshot's commit
     if not cached_only:
-        cache.write_ref(ref_name, revision, commit)
-    weights_obj = from_keras_files(config, weights)
-    weights_obj.pretrained_cfg["source"] = {"repo_id": repo_id, "revision": commit, "format": "keras"}
-    return weights_obj
+        cache.commit_refs.write(repo_id, revision, commit)
+    weights = from_saved_folder(saved_folder.read(config_path.parent))
+    weights.pretrained_cfg["source"] = {"repo_id": repo_id, "revision": commit, "format": "keras"}
+    return weights
 
 
-def from_keras_files(config_path, weights_path):
-    """Weights of a `model.weights.h5` with the `config.json` `converters.publish` writes beside it."""
-    try:
-        config = json.loads(Path(config_path).read_text())
-        architecture, model_config = config["architecture"], config["model_config"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{config_path}: not a convnext_hub config.json (needs 'architecture' and 'model_config'): {e}"
-        ) from e
-    _check_structure(architecture, model_config, config_path)
-    return _keras_weights(architecture, model_config, dict(config.get("pretrained_cfg") or {}), weights_path)
+def from_saved_folder(saved):
+    """Weights of a `saved_folder.SavedFolder` (what the converters and `publish` write)."""
+    model_config = saved.model_config
+    structure = _checked_structure(saved.architecture, model_config, saved.weights_path)
+    return _keras_weights(saved.architecture, structure, model_config, saved.pretrained_cfg, saved.weights_path)
 
 
-def _keras_weights(architecture, model_config, pretrained_cfg, keras_file):
+def _keras_weights(architecture, structure, model_config, pretrained_cfg, keras_file):
     stored = {flag: model_config.get(flag, default) for flag, default in HEAD_DEFAULTS.items()}
     return Weights(
         architecture=architecture,
+        structure=structure,
         num_classes=stored["num_classes"] if stored["include_top"] else 0,
         pretrained_cfg=pretrained_cfg,
         source=os.fspath(keras_file),
@@ -88,41 +82,50 @@ def _keras_weights(architecture, model_config, pretrained_cfg, keras_file):
     )
 
 
-def _check_structure(architecture, model_config, path):
-    """The stored structural arguments must be those of `architecture` (nothing else is deserialized)."""
+def _checked_structure(architecture, model_config, path):
+    """The stored geometry; for a named architecture it must be that architecture's (nothing is deserialized)."""
+    try:
+        structure = variants.structure_of(model_config)
+    except KeyError as e:
+        raise ArchitectureError(f"{path}: the model config lacks the structural argument {e}") from None
+    if architecture is None:
+        return structure
     try:
         expected = variants.architecture(architecture)
-    except (KeyError, ValueError) as e:
-        raise ArchitectureError(f"{path}: unknown architecture {architecture!r}") from e
+    except ValueError:
+        raise ArchitectureError(f"{path}: unknown architecture {architecture!r}") from None
     for key, stored, value in variants.structure_mismatches(model_config, expected):
         raise ArchitectureError(f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
+    return expected
 
 
 # --------------------------------------------------------------------------- local files
 
 
 def from_local(path):
-    """Weights of a local checkpoint file / folder, a `.keras` file, or a published folder / `.weights.h5`."""
+    """Weights of a local checkpoint file / folder, a `.keras` file, or a converted folder / its weights file."""
     path = Path(path)
-    if path.is_dir() and (path / KERAS_WEIGHTS).is_file():
-        return from_keras_files(path / KERAS_CONFIG, path / KERAS_WEIGHTS)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if saved_folder.is_saved_folder(path) or (
+            path.is_file() and (path.parent / saved_folder.CONFIG_FILE).is_file()
+            and path.name.endswith((".weights.h5", ".keras"))):
+        return from_saved_folder(saved_folder.read(path))
     if path.name.endswith(".weights.h5"):
-        config = path.parent / KERAS_CONFIG
-        if not config.is_file():
-            raise ValueError(
-                f"{path}: a .weights.h5 file does not say its architecture, and there is no {KERAS_CONFIG} beside "
-                "it; use convnext_hub.create_model(architecture, pretrained=path) instead"
-            )
-        return from_keras_files(config, path)
+        raise ValueError(
+            f"{path}: a .weights.h5 file does not say its architecture, and there is no {saved_folder.CONFIG_FILE} "
+            "beside it; use convnext_hub.create_model(architecture, pretrained=path) instead"
+        )
     if path.suffix == ".keras":
         return _from_keras_archive(path)
     state_dict = read_timm_state_dict(path)
-    architecture = infer_architecture(state_dict, source=os.fspath(path))["arch"]
-    if architecture is None:
-        raise ArchitectureError(f"{path}: the weights fit no known ConvNeXt architecture")
+    info = infer_architecture(state_dict, source=os.fspath(path))
+    architecture = info["arch"]
+    structure = variants.architecture(architecture) if architecture else inferred_structure(info, os.fspath(path))
     num_classes = checkpoint_num_classes(state_dict)
     return Weights(
         architecture=architecture,
+        structure=structure,
         num_classes=num_classes,
         pretrained_cfg={"architecture": architecture, "num_classes": num_classes, "source": {"path": str(path)}},
         source=os.fspath(path),
@@ -133,6 +136,25 @@ def from_local(path):
 def _from_keras_archive(path):
     config = read_keras_config(path).get("config", {})
     architecture = config.get("architecture")
-    if architecture is None:
-        raise ArchitectureError(f"{path}: the model config names no timm architecture")
-    return _keras_weights(architecture, config, {"architecture": architecture, "source": {"path": str(path)}}, path)
+    structure = _checked_structure(architecture, config, path)
+    cfg = dict(config.get("pretrained_cfg") or {"architecture": architecture, "source": {"path": str(path)}})
+    return _keras_weights(architecture, structure, config, cfg, path)
+
+
+# --------------------------------------------------------------------------- the source of loaded weights
+
+
+def source_state_dict(pretrained_cfg, token=None):
+    """The timm-keyed tensors a loaded model's weights were converted from, for comparisons with timm.
+
+    `pretrained_cfg["source"]` names a local file (`path`) or a Hub file
+    (`repo_id`, `filename`, `revision`), fetched through huggingface_hub's cache.
+    """
+    source = (pretrained_cfg or {}).get("source") or {}
+    if isinstance(source, dict) and source.get("path"):
+        return read_timm_state_dict(source["path"])
+    if isinstance(source, dict) and source.get("filename"):
+        path = huggingface_hub.hf_hub_download(
+            source["repo_id"], source["filename"], revision=source.get("revision"), token=token)
+        return read_timm_state_dict(path)
+    raise ValueError(f"the model's pretrained_cfg does not name the checkpoint it was converted from: {source!r}")

@@ -1,11 +1,12 @@
 """`Weights`: pretrained weights from any source, ready to load into a model."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from converters import check_finite, load_checkpoint, to_timm_keys
 from converters.conversion import export_timm_state_dict, load_timm_state_dict
 
-from ..families import create_model
+from .. import variants
+from ..families import create_from_structure
 from ..model import zeros_initialized
 from ..weights_io import load_weights_file
 
@@ -14,15 +15,28 @@ HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": Fals
 
 @dataclass
 class Weights:
-    """Pretrained weights ready to load into a model of `architecture`."""
+    """Pretrained weights ready to load into a model of `architecture` (or of geometry `structure`)."""
 
-    architecture: str
+    architecture: str | None  # a timm architecture, or None for a custom geometry
     num_classes: int  # classes of the stored classifier; 0 when it has none
     pretrained_cfg: dict
     source: str  # for messages
     state_dict: dict | None = None  # timm keys, float32 arrays or lazily read tensors
     keras_file: str | None = None  # `.weights.h5` / `.keras` of a model with `stored_config`
-    stored_config: dict | None = None
+    stored_config: dict | None = None  # the head flags of the stored model
+    structure: dict = field(default=None)  # `variants.STRUCTURAL_KEYS`; the architecture's when not given
+
+    def __post_init__(self):
+        if self.structure is None:
+            self.structure = variants.architecture(self.architecture)
+
+    def build(self, **model_kwargs):
+        """A model of this geometry (zero kernels: every weight is loaded next, or re-initialised)."""
+        clash = sorted(set(self.structure) & set(model_kwargs))
+        if clash:
+            raise ValueError(f"Structural arguments are fixed by the checkpoint {self.source}. Received: {clash}")
+        with zeros_initialized():
+            return create_from_structure(self.structure, architecture=self.architecture, **model_kwargs)
 
     def load_into(self, model):
         """Set every weight of `model` (built for `architecture`); a different head is left fresh."""
@@ -36,8 +50,7 @@ class Weights:
 
     def timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
-            with zeros_initialized():
-                stored = create_model(self.architecture, **self.stored_config)
+            stored = self.build(**self.stored_config)
             load_weights_file(stored, self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
