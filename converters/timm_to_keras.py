@@ -65,6 +65,9 @@ def read_source(args):
         import timm
 
         from converters.randomize import randomize_
+        from convnext_hub import variants
+
+        variants.architecture(args.random_init)  # an unknown name: ValueError listing the known ones
 
         model = randomize_(timm.create_model(args.random_init, num_classes=args.num_classes or 1000))
         state_dict = {k: v.numpy() for k, v in model.state_dict().items()}

@@ -71,10 +71,15 @@ class Report:
 
 
 def timm_kwargs(model):
-    """`timm.models.convnext.ConvNeXt` arguments for the geometry of a Keras ConvNeXt."""
+    """`timm.models.convnext.ConvNeXt` arguments for the geometry of a Keras ConvNeXt.
+
+    timm's default norm (`norm_layer=None`) is LayerNorm; a named norm layer
+    is allowed only with `conv_mlp`, as in timm's own rms architectures.
+    """
     return dict(
         depths=tuple(model.depths), dims=tuple(model.dims), use_grn=model.use_grn,
-        ls_init_value=model.layer_scale_init_value, stem_type=model.stem_type, norm_layer=model.norm,
+        ls_init_value=model.layer_scale_init_value, stem_type=model.stem_type,
+        norm_layer=None if model.norm == "layernorm" else model.norm,
         norm_eps=model.norm_eps, conv_mlp=model.conv_mlp, head_norm_first=model.head_norm_first,
         head_hidden_size=model.head_hidden_size, kernel_sizes=model.kernel_size,
     )
