@@ -1,7 +1,8 @@
 """Keras outputs equal the source framework's, with every parameter randomized first.
 
 Compared: logits and every stage's feature map, at a square and a non-square
-odd input size; bar max|d| <= 1e-5 * max|reference| in float32 (DESIGN.md §3).
+odd input size; bar max|d| <= 1e-5 * max|reference| in float32, through
+`converters.verification.compare` (the comparison `--verify` uses; see tests/timm_comparison.py).
 All 28 timm architectures on TensorFlow; a representative set on JAX and torch.
 """
 import keras
@@ -19,8 +20,14 @@ from tests.checkpoint_factory import (
     timm_to_official,
 )
 from tests.conftest import BACKEND
+from tests.timm_comparison import (
+    STAGE_NAMES,
+    assert_close,
+    assert_matches_timm,
+    compare,
+    random_images,
+)
 
-TOLERANCE = 1e-5
 SLOW = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 REPRESENTATIVE = [
     "convnext_atto", "convnextv2_atto", "convnext_atto_ols", "convnext_atto_rms",
@@ -37,44 +44,33 @@ def _sizes(arch):
     return [(32, 32), (37, 45)] if arch in SLOW else [(64, 64), (67, 45)]
 
 
-def _inputs(height, width, seed=0):
-    return np.random.RandomState(seed).standard_normal((2, 3, height, width)).astype("float32")
-
-
-def _with_stage_outputs(model):
-    """The same Keras model, also returning each stage's feature map (NHWC)."""
-    ends = [model.get_layer(f"stages_{i}_blocks_{d - 1}_add").output for i, d in enumerate(model.depths)]
-    return keras.Model(model.input, ends + [model.output])
-
-
-def _keras_outputs(model, x_nchw):
-    return [keras.ops.convert_to_numpy(y) for y in model(x_nchw.transpose(0, 2, 3, 1), training=False)]
-
-
-def _timm_outputs(model, x_nchw):
-    with torch.no_grad():
-        final, stages = model.forward_intermediates(torch.from_numpy(x_nchw))
-        logits = model.forward_head(final)
-    return [s.permute(0, 2, 3, 1).numpy() for s in stages] + [logits.numpy()]
-
-
-def assert_close(actual, expected, what):
-    scale = float(np.abs(expected).max())
-    error = float(np.abs(actual - expected).max())
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert error <= TOLERANCE * scale, f"{what}: max|d| = {error:.3g} > {TOLERANCE} * {scale:.3g}"
-    return error / scale
-
-
 @pytest.mark.parametrize("arch", _params(ARCHS))
 def test_timm_equivalence(arch):
     """timm -> Keras: logits and 4 stage maps match at two input sizes."""
     ref = random_timm_model(arch, num_classes=17, seed=1)
-    model = _with_stage_outputs(convert(state_dict_numpy(ref), arch=arch, source=arch))
+    model = convert(state_dict_numpy(ref), arch=arch, source=arch)
     for height, width in _sizes(arch):
-        x = _inputs(height, width)
-        for i, (a, e) in enumerate(zip(_keras_outputs(model, x), _timm_outputs(ref, x))):
-            assert_close(a, e, f"{arch} {height}x{width} output {i}")
+        assert_matches_timm(model, ref, random_images(height, width), f"{arch} {height}x{width}")
+
+
+def test_the_comparison_fails_a_wrong_model():
+    """The shared comparison catches a bug that passes every shape check: a 7x7 kernel with H and W swapped
+    in stage 1 leaves stage 0 equal and puts stages 1-3 and the logits far beyond the bar."""
+    ref = random_timm_model("convnextv2_atto", num_classes=6, seed=7)
+    model = convert(state_dict_numpy(ref))
+    layer = model.get_layer("stages_1_blocks_0_conv_dw")
+    layer.kernel.assign(keras.ops.transpose(layer.kernel, (1, 0, 2, 3)))
+    report = compare(model, ref, random_images(64, 64))
+    assert [c.name for c in report.comparisons] == [*STAGE_NAMES, "logits"]
+    assert not report.passed and report.lines()[-1].startswith("FAIL")
+    first, *later = report.comparisons
+    assert first.passed and first.relative <= 1e-5
+    for comparison in later:
+        assert not comparison.passed and comparison.relative > 1e-2, comparison.line()
+    with pytest.raises(AssertionError, match="stage 1"):
+        assert_matches_timm(model, ref, random_images(64, 64), "swapped kernel")
+    with pytest.raises(AssertionError, match="max"):
+        assert_close(np.float32([1.0, 2.0]), np.float32([1.0, 2.0001]), "off by 5e-5 relative")
 
 
 @pytest.mark.parametrize("arch", ["convnext_atto", "convnextv2_atto", "convnext_zepto_rms_ols", "convnext_large_mlp"])
@@ -84,7 +80,7 @@ def test_round_trip_to_timm(arch):
     exported = export_timm_state_dict(convert(state_dict_numpy(ref), arch=arch))
     back = timm.create_model(arch, num_classes=5).eval()
     back.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-    x = torch.from_numpy(_inputs(64, 64))
+    x = torch.from_numpy(random_images(64, 64)).permute(0, 3, 1, 2)
     with torch.no_grad():
         assert torch.equal(back(x), ref(x))
 
@@ -97,11 +93,9 @@ def test_official_checkpoint(arch, pwconv_ndim, tmp_path):
     official = timm_to_official(state_dict_numpy(ref), pwconv_ndim=pwconv_ndim)
     path = tmp_path / "official.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in official.items()}}, path)
-    model = _with_stage_outputs(convert(load_checkpoint(path), source=str(path)))
+    model = convert(load_checkpoint(path), source=str(path))
     assert model.layers[-1].name == "head_fc"
-    x = _inputs(67, 45)
-    for i, (a, e) in enumerate(zip(_keras_outputs(model, x), _timm_outputs(ref, x))):
-        assert_close(a, e, f"official {arch} output {i}")
+    assert_matches_timm(model, ref, random_images(67, 45), f"official {arch}")
 
 
 @pytest.mark.parametrize("kind", ["v1", "v2"])
@@ -111,13 +105,14 @@ def test_hugging_face_model(kind, tmp_path):
     ref.save_pretrained(tmp_path)
     model = convert(load_checkpoint(tmp_path), source=str(tmp_path))
     assert model.architecture == ("convnext_atto" if kind == "v1" else "convnextv2_atto")
-    x = _inputs(67, 45)
+    x = random_images(67, 45)
     with torch.no_grad():
-        out = ref(pixel_values=torch.from_numpy(x), output_hidden_states=True)
+        out = ref(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2), output_hidden_states=True)
     expected = [h.permute(0, 2, 3, 1).numpy() for h in out.hidden_states[1:]] + [out.logits.numpy()]
-    actual = _keras_outputs(_with_stage_outputs(model), x)
-    for i, (a, e) in enumerate(zip(actual, expected)):
-        assert_close(a, e, f"HF {kind} output {i}")
+    actual = model.stage_and_output_model()(x, training=False)
+    assert len(actual) == len(expected) == 5
+    for name, a, e in zip([*STAGE_NAMES, "logits"], actual, expected):
+        assert_close(keras.ops.convert_to_numpy(a), e, f"HF {kind} {name}")
 
 
 def test_half_precision_file(tmp_path):
@@ -127,6 +122,4 @@ def test_half_precision_file(tmp_path):
     save_safetensors(ref.state_dict(), path, dtype=torch.bfloat16)
     ref = ref.to(torch.bfloat16).float()  # the same rounding, compared in float32
     model = convert(load_checkpoint(path), source=str(path))
-    x = _inputs(64, 64)
-    logits = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1)))
-    assert_close(logits, _timm_outputs(ref, x)[-1], "bf16 logits")
+    assert_matches_timm(model, ref, random_images(64, 64), "bf16 file")
