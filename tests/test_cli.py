@@ -44,7 +44,7 @@ def test_random_init_verify_writes_weights_and_config(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--random-init", ARCH, "--out", str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("  PASS") == 5 and "FAIL" not in printed
+    assert printed.count("  PASS\n") == 5 and "FAIL" not in printed
     assert printed.strip().splitlines()[-2].strip().startswith("PASS: worst")  # one overall line, then "wrote"
     config = json.loads((out / "config.json").read_text())
     model = create_model(config["architecture"], num_classes=config["model_config"]["num_classes"])
@@ -65,7 +65,7 @@ def test_num_classes_override_drops_head_and_verifies_stages(reference, tmp_path
     out = tmp_path / "out"
     assert main([_save(sd, tmp_path / "w.safetensors"), "--out", str(out), "--num-classes", "3", "--verify"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("  PASS") == 4 and "logits   max" not in printed
+    assert printed.count("  PASS\n") == 4 and "logits   max" not in printed
     assert "logits   not compared: --num-classes 3 differs from the checkpoint's 6" in printed
 
 
@@ -160,14 +160,15 @@ def test_bad_files_exit_2_and_write_nothing(reference, tmp_path, capsys, case):
     assert sorted(os.listdir(tmp_path)) == ["input.bin"]
 
 
-def test_timm_hub_name_is_downloaded_and_verified(local_hub, reference, tmp_path, capsys):
-    """SOURCE as a timm Hub name goes through huggingface_hub (here: the local Hub)."""
+def test_timm_hub_name_is_downloaded_and_verified(local_hub, reference, tmp_path, capsys, monkeypatch):
+    """SOURCE as a timm Hub name goes through load_pretrained's resolution and huggingface_hub (the local Hub)."""
+    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
     ref = random_timm_model("convnext_atto", num_classes=1000, seed=8)
     path = _save(state_dict_numpy(ref), tmp_path / "model.safetensors")
     upload_timm_checkpoint(local_hub, "convnext_atto.d2_in1k", path)
     out = tmp_path / "out"
     assert main(["convnext_atto.d2_in1k", "--out", str(out), "--verify"]) == 0
-    assert capsys.readouterr().out.count("PASS") == 5
+    assert capsys.readouterr().out.count("  PASS\n") == 5
     assert local_hub.file_requests("model.safetensors", method="GET")
 
 

@@ -65,7 +65,8 @@ def from_keras_repo(repo_id, cache, revision=None, token=None, local_files_only=
 def from_saved_folder(saved):
     """Weights of a `saved_folder.SavedFolder` (what the converters and `publish` write)."""
     model_config = saved.model_config
-    structure = _checked_structure(saved.architecture, model_config, saved.weights_path)
+    config_path = saved.weights_path.parent / saved_folder.CONFIG_FILE  # the file at fault if they disagree
+    structure = _checked_structure(saved.architecture, model_config, config_path)
     return _keras_weights(saved.architecture, structure, model_config, saved.pretrained_cfg, saved.weights_path)
 
 
