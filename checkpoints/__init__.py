@@ -1,15 +1,15 @@
 """Registry of timm's pretrained ConvNeXt checkpoints, as plain data.
 
 Importing this package loads no ML framework (no keras, numpy, torch or timm):
-everything comes from ``registry.json`` and ``labels/*.txt`` next to this file,
-both regenerated from timm with ``python -m checkpoints.generate``.
+everything comes from `registry.json` and `labels/*.txt` next to this file,
+both regenerated from timm with `python -m checkpoints.generate`.
 
-Names accepted by :func:`resolve`:
+Names accepted by `resolve`:
 
-* a timm tag, e.g. ``"convnextv2_base.fcmae_ft_in22k_in1k"``;
-* a bare architecture name, e.g. ``"convnext_tiny"``, meaning the tag
-  ``timm.create_model(name, pretrained=True)`` would load;
-* an alias, e.g. ``"convnext_v1_tiny"`` or ``"convnext_v2_base"``.
+* a timm tag, e.g. `"convnextv2_base.fcmae_ft_in22k_in1k"`;
+* a bare architecture name, e.g. `"convnext_tiny"`, meaning the tag
+  `timm.create_model(name, pretrained=True)` would load;
+* an alias, e.g. `"convnext_v1_tiny"` or `"convnext_v2_base"`.
 """
 import copy
 import difflib
@@ -46,10 +46,10 @@ def _registry() -> dict:
 
 
 def list_pretrained(pattern: str | None = None) -> list[str]:
-    """Sorted timm tags, optionally those matching an fnmatch ``pattern``.
+    """Sorted timm tags, optionally those matching an fnmatch `pattern`.
 
     The pattern is matched (case-sensitively) against timm tags only, never
-    against aliases, e.g. ``list_pretrained("convnextv2_*.fcmae")``.
+    against aliases, e.g. `list_pretrained("convnextv2_*.fcmae")`.
     """
     tags = sorted(_registry()["checkpoints"])
     if pattern is None:
@@ -74,7 +74,7 @@ def resolve(name: str) -> dict:
 
 
 def _unknown_name_message(name) -> str:
-    """Error text naming ``name`` and the closest known names."""
+    """Error text naming `name` and the closest known names."""
     registry = _registry()
     known = [*registry["checkpoints"], *registry["aliases"]]
     matches = difflib.get_close_matches(str(name), known, n=_MAX_SUGGESTIONS)
@@ -86,7 +86,7 @@ def _unknown_name_message(name) -> str:
 
 
 def label_names(label_set: str) -> list[str]:
-    """Class names of ``label_set`` (one of LABEL_SETS), in class-index order."""
+    """Class names of `label_set` (one of LABEL_SETS), in class-index order."""
     if label_set not in LABEL_SETS:
         raise ValueError(
             f"Unknown label set {label_set!r}; expected one of: {', '.join(LABEL_SETS)}."

@@ -1,6 +1,6 @@
 """Regenerate registry.json and labels/*.txt from the installed timm.
 
-Run from the repository root: ``python -m checkpoints.generate``.
+Run from the repository root: `python -m checkpoints.generate`.
 """
 import json
 from pathlib import Path
@@ -50,7 +50,7 @@ def label_set_of(cfg) -> str | None:
 
 
 def default_tag(architecture: str) -> str:
-    """The tag timm loads for ``create_model(architecture, pretrained=True)``."""
+    """The tag timm loads for `create_model(architecture, pretrained=True)`."""
     return get_pretrained_cfg(architecture).tag
 
 
@@ -78,7 +78,7 @@ def build_registry() -> dict:
 
 
 def short_label_names(label_set: str) -> list[str]:
-    """First WordNet lemma of every class of ``label_set``, e.g. "tench"."""
+    """First WordNet lemma of every class of `label_set`, e.g. "tench"."""
     descriptions = ImageNetInfo(label_set).label_descriptions()
     return [description.split(",")[0].strip() for description in descriptions]
 

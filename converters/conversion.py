@@ -8,16 +8,17 @@ import keras
 import numpy as np
 
 from convnext_hub.families import create_from_structure, create_model
-from convnext_hub.model import kernel_initializer, zeros_initialized
+from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
-from .mapping import weight_slots
+from .mapping import timm_module_path, weight_slots
 
 logger = logging.getLogger("converters")
 
-CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
-HEAD_PREFIXES = ("head.", "norm_pre.")
+# The head as the model declares it, in timm's key names.
+CLASSIFIER_KEYS = tuple(f"{timm_module_path(CLASSIFIER_LAYER)}.{leaf}" for leaf in ("weight", "bias"))
+HEAD_PREFIXES = tuple(sorted({f"{timm_module_path(name).split('.')[0]}." for name in HEAD_LAYERS}))
 MAX_CLASSES = 1_000_000  # ImageNet-22k has 21,841; more is a corrupt or hostile header
 
 
@@ -194,7 +195,7 @@ def plan_weights(model, state_dict, source="<state dict>"):
     for slot in weight_slots(model):
         key = slot.timm_key
         if key not in state_dict or key in droppable:
-            if slot.layer.name.startswith(("head_", "norm_pre")) and (key in droppable or not has_head):
+            if slot.layer.name in HEAD_LAYERS and (key in droppable or not has_head):
                 plan.append((slot.variable, functools.partial(_initial_value, slot.variable)))
                 fresh.append(slot.variable.path)
                 continue

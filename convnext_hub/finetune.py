@@ -31,7 +31,6 @@ import keras
 
 __all__ = ["NO_WEIGHT_DECAY", "fine_tune", "head_layers", "make_optimizer", "warmup_cosine"]
 
-HEAD_PREFIXES = ("head_", "norm_pre")
 # Variable names (`variable.name`, not its path) that get no weight decay: biases,
 # norm scales / offsets, LayerScale and GRN (`gamma`, `beta`). Every rank-1 variable
 # is excluded as well (timm's `param_groups_weight_decay` rule).
@@ -39,12 +38,8 @@ NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
 
 
 def head_layers(model):
-    """The layers of `model`'s classification head, in model order.
-
-    Those named `head_*` (global pool, head norm, pre-logits, dropout, `head_fc`)
-    and `norm_pre` (the norm before pooling of `*_hnf` models).
-    """
-    return [layer for layer in model.layers if layer.name.startswith(HEAD_PREFIXES)]
+    """The layers of `model`'s classification head, in model order (`ConvNeXt.head_layers`)."""
+    return model.head_layers()
 
 
 def warmup_cosine(peak_lr, total_steps, warmup_steps, min_lr=0.0):
@@ -142,7 +137,7 @@ def fine_tune(
     """
     head = head_layers(model)
     if not any(layer.weights for layer in head):
-        raise ValueError(f"{model.name} has no classification head (layers named {HEAD_PREFIXES}) to train.")
+        raise ValueError(f"{model.name} has no classification head (`include_top=False` or `features_only`) to train.")
     if head_epochs < 0 or epochs < 0 or not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(
             f"Expected head_epochs >= 0, epochs >= 0 and 0 <= warmup_fraction < 1. Received: "

@@ -5,11 +5,11 @@ import checkpoints
 
 
 def decode_predictions(logits, name: str, top: int = 5) -> list[list[tuple[int, str, float]]]:
-    """Top ``top`` ``(class_index, class_name, probability)`` per sample, most likely first.
+    """Top `top` `(class_index, class_name, probability)` per sample, most likely first.
 
-    ``logits`` is a (batch, num_classes) array or backend tensor; ``name`` is a
+    `logits` is a (batch, num_classes) array or backend tensor; `name` is a
     checkpoint tag, alias or architecture name, or a label set such as
-    ``"imagenet-1k"``. Probabilities are the softmax of the logits.
+    `"imagenet-1k"`. Probabilities are the softmax of the logits.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}.")
@@ -29,7 +29,7 @@ def decode_predictions(logits, name: str, top: int = 5) -> list[list[tuple[int, 
 
 
 def _label_set(name: str) -> str:
-    """The label set named directly, or the one of the checkpoint ``name`` resolves to."""
+    """The label set named directly, or the one of the checkpoint `name` resolves to."""
     if name in checkpoints.LABEL_SETS:
         return name
     entry = checkpoints.resolve(name)

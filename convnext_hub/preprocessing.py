@@ -1,12 +1,12 @@
 """Evaluation preprocessing that reproduces timm's eval transform without torch.
 
-timm's eval pipeline (``timm.data.transforms_imagenet_eval``) on a PIL image:
-resize with PIL (``crop_mode`` decides the size), center crop (padding with
+timm's eval pipeline (`timm.data.transforms_imagenet_eval`) on a PIL image:
+resize with PIL (`crop_mode` decides the size), center crop (padding with
 zeros, or with the mean colour in "border" mode, when the image is smaller than
-the crop), ``ToTensor`` (divide by 255) and ``Normalize(mean, std)``.  The
+the crop), `ToTensor` (divide by 255) and `Normalize(mean, std)`.  The
 functions here do the same steps with PIL and numpy and return channels-last
-float32 arrays; ``Preprocessor.keras_layer`` builds a Keras pipeline for
-batches of same-size images that works in a model and in ``tf.data``.
+float32 arrays; `Preprocessor.keras_layer` builds a Keras pipeline for
+batches of same-size images that works in a model and in `tf.data`.
 """
 import math
 
@@ -38,9 +38,9 @@ _KERAS_INTERPOLATION = {
 def eval_transform_params(cfg, input_size=None, crop_pct=None):
     """Resolve timm's eval-transform settings from a pretrained cfg dict.
 
-    Defaults and precedence follow ``timm.data.resolve_data_config``;
-    ``input_size`` (int, (H, W) or (C, H, W)) and ``crop_pct`` override the
-    cfg. ``resize_size`` is timm's ``scale_size``: floor(crop / crop_pct).
+    Defaults and precedence follow `timm.data.resolve_data_config`;
+    `input_size` (int, (H, W) or (C, H, W)) and `crop_pct` override the
+    cfg. `resize_size` is timm's `scale_size`: floor(crop / crop_pct).
     """
     crop_size = _size_hw(input_size or cfg.get("input_size") or 224)
     crop_pct = crop_pct or cfg.get("crop_pct") or DEFAULT_CROP_PCT
@@ -62,7 +62,7 @@ def eval_transform_params(cfg, input_size=None, crop_pct=None):
 
 
 def resized_shape(params, height, width):
-    """(H, W) timm resizes a ``height`` x ``width`` image to before cropping."""
+    """(H, W) timm resizes a `height` x `width` image to before cropping."""
     target_h, target_w = params["resize_size"]
     if params["crop_mode"] == "squash":
         return target_h, target_w
@@ -87,8 +87,8 @@ def preprocess_batch(images, cfg, input_size=None):
 def preprocess_input(x, cfg=None):
     """Scale 0..255 inputs already at model size to 0..1 and normalize.
 
-    numpy arrays stay numpy; anything else goes through ``keras.ops``.
-    Channels-last; mean/std come from ``cfg`` (ImageNet's by default).
+    numpy arrays stay numpy; anything else goes through `keras.ops`.
+    Channels-last; mean/std come from `cfg` (ImageNet's by default).
     """
     cfg = cfg or {}
     mean = np.asarray(cfg.get("mean") or IMAGENET_DEFAULT_MEAN, np.float32)
@@ -117,15 +117,15 @@ class Preprocessor:
         return _preprocess(image_or_batch, self.params)
 
     def keras_layer(self, image_size):
-        """Keras pipeline for batches of decoded ``image_size`` (H, W) images.
+        """Keras pipeline for batches of decoded `image_size` (H, W) images.
 
         Maps (N, H, W, 3) or (H, W, 3) tensors in 0..255 (any dtype) to model
-        inputs, in a model or in ``tf.data.Dataset.map`` on any backend. The
+        inputs, in a model or in `tf.data.Dataset.map` on any backend. The
         resize and crop geometry are timm's exactly; the resampling is Keras'
         antialiased resize instead of PIL's 8-bit one, so values differ
         slightly (see tests/test_preprocessing.py for measured bounds).
-        The crop is the registered ``FixedCrop`` layer: to load a saved model
-        holding it in a new process, touch ``preprocessing.FixedCrop`` first.
+        The crop is the registered `FixedCrop` layer: to load a saved model
+        holding it in a new process, touch `preprocessing.FixedCrop` first.
         """
         import keras
 
@@ -171,7 +171,7 @@ def _size_hw(size):
 
 
 def _shorter_side_shape(height, width, size):
-    """torchvision ``Resize(int)``: shorter side to ``size``, longer truncated."""
+    """torchvision `Resize(int)`: shorter side to `size`, longer truncated."""
     if width <= height:
         return int(size * height / width), size
     return size, int(size * width / height)
@@ -183,12 +183,12 @@ def _crop_offset(length, crop):
 
 
 def _preprocess_batch(images, params):
-    """``_preprocess`` over a sequence of images, stacked."""
+    """`_preprocess` over a sequence of images, stacked."""
     return np.stack([_preprocess(image, params) for image in images])
 
 
 def _preprocess(image, params):
-    """timm's eval transform of one image with resolved ``params``."""
+    """timm's eval transform of one image with resolved `params`."""
     planes = _to_pil_planes(image)
     width, height = planes[0].size
     size_hw = resized_shape(params, height, width)
@@ -202,7 +202,7 @@ def _preprocess(image, params):
 def _to_pil_planes(image):
     """An RGB PIL image for PIL/uint8 input, else three float 'F' PIL planes.
 
-    Like timm's datasets, non-RGB PIL images go through ``.convert("RGB")``
+    Like timm's datasets, non-RGB PIL images go through `.convert("RGB")`
     (grey is replicated, alpha dropped). Float arrays are resampled per
     channel in PIL's 32-bit float mode, so they are not rounded to 8 bits.
     """
@@ -246,14 +246,14 @@ def _normalize(x, mean, std):
 
 
 def __getattr__(name):
-    """Module attribute hook: ``FixedCrop`` is defined on first access."""
+    """Module attribute hook: `FixedCrop` is defined on first access."""
     if name == "FixedCrop":
         return _fixed_crop_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fixed_crop_class():
-    """Define (once) and register the ``FixedCrop`` layer; keras loads lazily."""
+    """Define (once) and register the `FixedCrop` layer; keras loads lazily."""
     global FixedCrop
     if "FixedCrop" not in globals():
         FixedCrop = _define_fixed_crop()
@@ -267,9 +267,9 @@ def _define_fixed_crop():
     class FixedCrop(keras.layers.Layer):
         """Crops a fixed (top, left, height, width) window from HWC/NHWC images.
 
-        ``keras.layers.CenterCrop`` floors the offset where torchvision rounds
+        `keras.layers.CenterCrop` floors the offset where torchvision rounds
         half to even. Plain slicing, with input conversion switched off, also
-        runs on ``tf.data`` tensors whatever the Keras backend.
+        runs on `tf.data` tensors whatever the Keras backend.
         """
 
         def __init__(self, top, left, height, width, **kwargs):

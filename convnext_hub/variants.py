@@ -102,7 +102,7 @@ def structure_of(config):
 
 
 def _family(prefix, sizes):
-    """The seed API's variants (`ConvNeXtV1.from_variant("tiny")`): size -> architecture."""
+    """A family's variants by size, as `ConvNeXtV1.from_variant("tiny")` names them: size -> architecture."""
     return {size: {"architecture": f"{prefix}{size}", **ARCHITECTURES[f"{prefix}{size}"]} for size in sizes}
 
 

@@ -1,4 +1,4 @@
-"""The model family: every timm architecture, the seed API, features, bad arguments."""
+"""The model family: every timm architecture, the family classes (`ConvNeXtV1` / `ConvNeXtV2`), features, bad arguments."""
 import logging
 
 import keras
@@ -45,7 +45,7 @@ def test_parameters_match_timm(arch):
 
 
 def test_seed_quick_start():
-    """Seed README §5 as written, apart from the import path."""
+    """The family-class API as keras.applications users write it."""
     model = create_convnext_v2(variant="atto", num_classes=10, input_shape=(32, 32, 3))
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4),
@@ -60,7 +60,7 @@ def test_seed_quick_start():
 
 
 def test_seed_backbone_and_micro_variant():
-    """Seed §8 examples 1 and 2."""
+    """`create_convnext_v1` / `create_convnext_v2` with sizes and classes."""
     backbone = create_convnext_v1(variant="base", include_top=False, input_shape=(512, 512, 3))
     features = backbone.predict(np.random.rand(2, 512, 512, 3).astype("float32"), verbose=0)
     assert features.shape == (2, 16, 16, 1024)
@@ -69,7 +69,7 @@ def test_seed_backbone_and_micro_variant():
 
 
 def test_seed_fine_tune_from_keras_file(tmp_path, caplog):
-    """Seed §9: pretrained .keras file, other classes and input size; head skipped with a warning."""
+    """A pretrained .keras file, other classes and input size: the head is skipped with a warning."""
     source = create_convnext_v2("atto", num_classes=1000, input_shape=(224, 224, 3))
     path = tmp_path / "convnext_v2_atto_imagenet.keras"
     source.save(path)
@@ -114,7 +114,7 @@ def test_seed_variant_tables():
 
 @pytest.mark.slow
 def test_seed_creation_all_variants():
-    """Seed §13: every V1 and V2 variant builds at 64x64 with 10 classes."""
+    """Every V1 and V2 variant builds at 64x64 with 10 classes."""
     for family in (ConvNeXtV1, ConvNeXtV2):
         for variant in family.MODEL_VARIANTS:
             model = family.from_variant(variant, num_classes=10, input_shape=(64, 64, 3))
