@@ -1,19 +1,18 @@
 """Native Keras 3 ConvNeXt V1 / V2 models and timm's pretrained weights."""
 from checkpoints import list_pretrained
 
-from .families import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2
+from .families import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model
 from .labels import decode_predictions
 from .layers import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
 from .model import ConvNeXt
-from .families import create_model
-from .preprocessing import Preprocessor, preprocess_input
+from .preprocessing import Preprocessor, preprocess_batch, preprocess_image, preprocess_input
 from .variants import ARCHITECTURES, list_models
 from .version import __version__
 
 
-
 def __getattr__(name):
-    # The hub imports the converters, which import this package's layers: load it on first use.
+    # `load_pretrained` belongs to the hub layer, which imports the converters, which import this
+    # package's model core: the facade loads it on first use (PEP 562), never at import.
     if name == "load_pretrained":
         from .hub import load_pretrained
 
@@ -40,5 +39,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_pretrained",
+    "preprocess_batch",
+    "preprocess_image",
     "preprocess_input",
 ]
