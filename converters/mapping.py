@@ -72,7 +72,7 @@ class WeightSlot:
 
 def _transposed(value, axes, scratch=None, rows=64):
     """`np.ascontiguousarray(value.transpose(axes))`, copied 64 source rows at a time:
-    cache-friendly, ~3x faster on the big kernels (11264 x 2816: 0.09 s, not 0.3 s)."""
+    each block of rows stays in the CPU cache, which numpy's one-pass strided copy of a big kernel does not."""
     shape = [value.shape[i] for i in axes]
     out = scratch(shape, value.dtype) if scratch else np.empty(shape, value.dtype)
     source_order = out.transpose(np.argsort(axes))  # a view of `out` indexed like `value`
