@@ -1,17 +1,19 @@
-"""Faults: SIGKILL at random points, 4 processes at once (with and without file locks), a full disk,
-a converter version bump.
+"""Fault injection, the machinery: children that load or convert and get SIGKILLed, racing processes,
+cache audits. The tests are `test_faults_*.py`, one file per concern: SIGKILL at random points
+(`_sigkill`), 4 processes at once with and without file locks (`_concurrent`), a full disk (`_disk`),
+a converter version bump (`_version`).
 
 What must hold after every fault: a later `load_pretrained` gives logits equal to timm's
 (max|d| <= 1e-5 * max|ref|), and every directory under `entries/` is a complete entry
-(meta.json readable, weights sha256 as recorded, the checkpoint's tensors bit for bit).
+(meta.json readable, weights size and xxh3 as recorded, the checkpoint's tensors bit for bit).
 Temp dirs left by killed writers are allowed: nothing reads them.
 
 The children (`python -c LOAD_CHILD`, the converter CLI as `python -m converters.timm_to_keras`
 or, in the kill loop, run through runpy once keras is imported) import neither torch nor
 timm; they talk to the fake Hub of `tests/hub_server.py` through HF_ENDPOINT / HF_HUB_CACHE /
 CONVNEXT_HUB_CACHE. Kill delays are spread uniformly (seeded) over a measured uncached run.
-The same loops with many more runs are `benchmarks/faults_long.py`, which imports the helpers
-below and prints the counts.
+The same loops with many more runs are `benchmarks/faults_long.py`, which imports this module
+and prints the counts.
 """
 import collections
 import contextlib
@@ -25,23 +27,26 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch  # noqa: F401  (before keras; tests/conftest.py has imported it already)
+import torch  # before keras (tests/conftest.py has imported it already)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from convnext_hub.hub import Cache, load_pretrained  # noqa: E402
 from convnext_hub.hub import cache as cache_module  # noqa: E402
-from convnext_hub.hub import timm_hub  # noqa: E402
+from convnext_hub.hub import load_pretrained  # noqa: E402
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key  # noqa: E402
-from tests.checkpoint_factory import random_timm_model, save_safetensors, state_dict_numpy  # noqa: E402
-from tests.hub_server import local_hub, set_offline  # noqa: E402,F401
+from tests.checkpoint_factory import (  # noqa: E402
+    random_timm_model,
+    save_safetensors,
+    state_dict_numpy,
+)
+from tests.hub_server import local_hub, upload_timm_checkpoint  # noqa: E402,F401  (local_hub: for `hub`)
+from tests.timm_comparison import Comparison  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCH = "convnext_zepto_rms"  # the smallest ConvNeXt (8.6 MB of float32)
@@ -62,7 +67,7 @@ LOAD_CHILD = r"""
 import builtins, io, logging, os, signal, sys, time
 
 logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name)s: %(message)s")
-import safetensors.numpy
+import keras
 from convnext_hub.hub import load_pretrained
 
 roots = tuple(os.path.realpath(os.environ[v]) for v in ("CONVNEXT_HUB_CACHE", "HF_HUB_CACHE"))
@@ -95,7 +100,7 @@ creating = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 os.open = hook("open", os.open, lambda a, k: (a[1] if len(a) > 1 else k.get("flags", 0)) & creating)
 writing = lambda a, k: any(c in str(a[1] if len(a) > 1 else k.get("mode", "r")) for c in "wax+")
 builtins.open = io.open = hook("open", builtins.open, writing)
-safetensors.numpy.save_file = hook("save_file", safetensors.numpy.save_file)
+keras.Model.save_weights = hook("save_weights", keras.Model.save_weights)  # the entry's weights file
 
 print("READY", flush=True)
 command = sys.stdin.readline().split()
@@ -155,7 +160,7 @@ if no_locks:  # before anything imports it: every file lock (ours and huggingfac
 logging.basicConfig(level=logging.INFO, format=f"[{index}] %(levelname)s %(name)s: %(message)s")
 import keras
 import numpy as np
-from convnext_hub.hub import load_pretrained, sources
+from convnext_hub.hub import load_pretrained, timm_hub
 from convnext_hub.hub import cache as cache_module
 
 
@@ -308,9 +313,8 @@ def make_reference(folder, seed=0):
 
 
 def upload(hub, reference):
-    """`timm/<TAG>` with the reference's `model.safetensors`; the commit sha."""
-    config = {"architecture": ARCH, "num_classes": 1000, "pretrained_cfg": {"tag": TAG.split(".", 1)[1]}}
-    return hub.add_commit(f"timm/{TAG}", {"model.safetensors": reference.weights, "config.json": json.dumps(config)})
+    """`timm/<TAG>` with the reference's `model.safetensors` and a timm config.json; the commit sha."""
+    return upload_timm_checkpoint(hub, TAG, reference.weights)
 
 
 def logits_of(model):
@@ -318,12 +322,13 @@ def logits_of(model):
 
 
 def mismatch(actual, expected):
-    """None when `actual` equals `expected` within 1e-5 * max|expected|, else what differs."""
+    """None when `actual` equals timm's `expected` logits within the bar of `converters.verification`
+    (1e-5 x max|expected|), else what differs. (The loops record problems instead of asserting.)"""
     actual = np.asarray(actual)
     if actual.shape != expected.shape:
         return f"logits of shape {actual.shape}, expected {expected.shape}"
-    relative = float(np.abs(actual - expected).max() / np.abs(expected).max())
-    return None if relative <= 1e-5 else f"logits differ from timm's: max|d| = {relative:.2e} x max|ref|"
+    comparison = Comparison("logits", float(np.abs(actual - expected).max()), float(np.abs(expected).max()))
+    return None if comparison.passed else f"logits differ from timm's: {comparison.line()}"
 
 
 def assert_close(actual, expected):
@@ -331,23 +336,33 @@ def assert_close(actual, expected):
     assert problem is None, problem
 
 
+def stored_state_dict(weights):
+    """The timm state dict of an entry's Keras weights file, loaded into a model of ARCH."""
+    from converters.conversion import export_timm_state_dict
+    from convnext_hub import create_model
+    from convnext_hub.model import zeros_initialized
+
+    with zeros_initialized():
+        model = create_model(ARCH)
+    model.load_weights(weights)
+    return export_timm_state_dict(model)
+
+
 def entry_problem(path, reference):
     """None when `path` is a complete entry of the reference checkpoint, else what is wrong with it."""
-    from safetensors.numpy import load_file
-
     try:
         meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError) as e:
         return f"unreadable {META_FILE}: {e}"
     weights = path / WEIGHTS_FILE
     try:
-        digest = cache_module.sha256_file(weights)
+        digest = cache_module.xxh3_file(weights)
         size = weights.stat().st_size
-        tensors = load_file(os.fspath(weights))
+        tensors = stored_state_dict(weights)
     except Exception as e:  # noqa: BLE001 - any failure to read is the finding
         return f"unreadable {WEIGHTS_FILE}: {type(e).__name__}: {e}"
-    if not isinstance(meta, dict) or digest != meta.get("weights_sha256") or size != meta.get("weights_bytes"):
-        return f"{WEIGHTS_FILE} ({size} bytes, sha256 {digest[:12]}) is not what {META_FILE} records"
+    if not isinstance(meta, dict) or digest != meta.get("weights_xxh3") or size != meta.get("weights_bytes"):
+        return f"{WEIGHTS_FILE} ({size} bytes, xxh3 {digest[:12]}) is not what {META_FILE} records"
     if set(tensors) != set(reference.state_dict):
         return f"tensors {sorted(set(tensors) ^ set(reference.state_dict))[:4]} missing or unexpected"
     for name, value in tensors.items():
@@ -480,7 +495,7 @@ def cache_steps(events, count=2):
     """Event numbers (1-based) to kill after in CI: the weights written (meta.json not yet), the entry
     renamed into place (refs not yet written), then others spread over the cache's steps."""
     ours = [k for k, event in enumerate(events, 1) if event.endswith("@cache")]
-    named = [events.index(name) + 1 for name in ("save_file@cache", "replace@cache") if name in events]
+    named = [events.index(name) + 1 for name in ("save_weights@cache", "replace@cache") if name in events]
     spread = [ours[round(j * (len(ours) - 1) / max(count - 1, 1))] for j in range(count)] if ours else []
     return sorted(list(dict.fromkeys(named + spread))[:count])
 
@@ -666,46 +681,6 @@ def sigkill_cli_loop(reference, work, kills, seed, ahead=2, recalibrate_every=0,
     return stats
 
 
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("faults_checkpoint"))
-
-
-@pytest.fixture
-def hub(local_hub, reference):
-    local_hub.commit = upload(local_hub, reference)
-    return local_hub
-
-
-def only_entry(root):
-    entries = sorted((Path(root) / "entries" / TAG).iterdir())
-    assert len(entries) == 1, entries
-    return entries[0]
-
-
-# --------------------------------------------------------------------------- SIGKILL
-
-
-def test_sigkill_during_first_load_leaves_no_partial_entry(hub, reference, tmp_path):
-    """CI_LOAD_KILLS kills at random moments of a first load, and 2 right after chosen cache steps
-    (every step, and 100 random kills: benchmarks/faults_long.py)."""
-    stats = sigkill_load_loop(reference, hub.cache_dir, tmp_path, CI_LOAD_KILLS, CI_SEED)
-    print(stats.summary())
-    assert stats.failures == [], "\n".join(stats.failures)
-    assert stats.invalid_entries == stats.corrupt_warnings == 0
-    assert stats.runs == CI_LOAD_KILLS + 2 and stats.killed >= 3 and stats.survived == stats.killed, stats.summary()
-
-
-def test_sigkill_during_cli_conversion_leaves_nothing_or_everything(reference, tmp_path):
-    stats = sigkill_cli_loop(reference, tmp_path, CI_CLI_KILLS, CI_SEED)
-    print(stats.summary())
-    assert stats.failures == [], "\n".join(stats.failures)
-    assert stats.killed >= 1 and stats.survived == stats.killed, stats.summary()
-
-
 CLI_KILLED_WHILE_DELETING = r'''
 """`python -m converters.timm_to_keras SOURCE --out OUT`, SIGKILLed right after it deletes the first
 file of OUT's previous contents: the worst moment for an output that is replaced in place."""
@@ -727,23 +702,6 @@ os.unlink = os.remove = unlink_then_die
 sys.argv = ["timm_to_keras", *sys.argv[1:]]
 runpy.run_module("converters.timm_to_keras", run_name="__main__", alter_sys=True)
 '''
-
-
-def test_sigkill_while_cli_replaces_previous_output(reference, tmp_path):
-    """Overwriting an earlier output: a kill mid-way leaves the old output, the new one, or none."""
-    out = tmp_path / "out"
-    first = cli(reference.weights, out, tmp_path / "first.stderr")
-    assert first.wait(CHILD_TIMEOUT) == 0, tail(tmp_path / "first.stderr")
-    assert output_problem(out, reference) is None
-    proc = cli(reference.weights, out, tmp_path / "second.stderr", python_code=CLI_KILLED_WHILE_DELETING)
-    code = proc.wait(CHILD_TIMEOUT)
-    assert code in (0, -signal.SIGKILL), tail(tmp_path / "second.stderr")
-    if out.exists():
-        problem = output_problem(out, reference)
-        assert problem is None, f"after a SIGKILL ({code}) while replacing it, {out} {problem}"
-
-
-# --------------------------------------------------------------------------- concurrent processes
 
 
 def concurrent_loads(reference, hub, hf_cache, work, count=4, no_locks=False):
@@ -788,96 +746,6 @@ def concurrent_loads(reference, hub, hf_cache, work, count=4, no_locks=False):
     return problems
 
 
-@pytest.mark.parametrize("no_locks", [False, True], ids=["file_locks", "locks_are_no_ops"])
-def test_four_processes_load_one_uncached_checkpoint(hub, reference, tmp_path, no_locks):
-    """All get the reference logits; one verified entry, no temp dir left; one conversion with locks."""
-    problems = concurrent_loads(reference, hub, hub.cache_dir, tmp_path, count=4, no_locks=no_locks)
-    assert problems == [], "\n".join(problems)
-
-
-# --------------------------------------------------------------------------- full disk
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 2 MiB tmpfs (the weights are 8.6 MB) and a function that grows it to 64 MiB; root only."""
-    mount = tmp_path / "tiny_fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
-
-    def grow():
-        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
-
-    try:
-        yield mount, grow
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-@pytest.mark.parametrize("full_at", ["weights", "meta", "tmpfs"])
-def test_full_disk_is_a_clear_error_and_leaves_nothing_valid(hub, reference, tmp_path, monkeypatch, request, full_at):
-    """ENOSPC while the entry is written: "weights": safetensors fails as it does on a full disk, after
-    writing part of the file; "meta": meta.json lies on /dev/full; "tmpfs": the cache is on a full tmpfs."""
-    root, undo = tmp_path / "cache", []
-    if full_at == "tmpfs":
-        mount, make_room = request.getfixturevalue("tiny_tmpfs")
-        root = mount / "cache"
-    elif full_at == "weights":
-        import safetensors.numpy
-        from safetensors import SafetensorError
-
-        save_file, injected = safetensors.numpy.save_file, []
-
-        def save_file_on_full_disk(tensors, filename, metadata=None):
-            data = safetensors.numpy.save(tensors, metadata)
-            Path(filename).write_bytes(data[: len(data) // 2])
-            injected.append(filename)
-            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-        monkeypatch.setattr(safetensors.numpy, "save_file", save_file_on_full_disk)
-        undo = [(safetensors.numpy, "save_file", save_file)]
-    else:
-        if not os.path.exists("/dev/full"):
-            pytest.skip("no /dev/full")
-        make_dir, injected = tempfile.mkdtemp, []
-
-        def mkdtemp_on_full_disk(*args, **kwargs):  # the entry's temp dir, with meta.json on a full device
-            path = Path(make_dir(*args, **kwargs))
-            if path.parent == root / "tmp" and ".discard" not in path.name:
-                (path / META_FILE).symlink_to("/dev/full")
-                injected.append(path)
-            return os.fspath(path)
-
-        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_on_full_disk)
-        undo = [(tempfile, "mkdtemp", make_dir)]
-    if undo:
-        def make_room():
-            for module, name, value in undo:
-                monkeypatch.setattr(module, name, value)
-            assert injected, "the fault was never injected"
-
-    with pytest.raises(OSError) as info:
-        load_pretrained(TAG, cache_dir=root)
-    message = str(info.value)
-    assert str(root) in message, f"the error does not name the cache directory {root}: {info.value!r}"
-    assert "no space left" in message.lower(), message
-    audit = audit_cache(root, reference)
-    assert audit.valid == [] and audit.invalid == [], audit
-    assert Cache(root).lookup(TAG, reference.key) is None
-
-    make_room()  # space again: the next load converts and caches
-    assert_close(logits_of(load_pretrained(TAG, cache_dir=root)), reference.logits)
-    audit = audit_cache(root, reference)
-    assert [p.name for p in audit.valid] == [reference.key] and not audit.invalid, audit
-
-
-# --------------------------------------------------------------------------- converter version
-
-
 def bump_converter_version(monkeypatch):
     """Set CONVERTER_VERSION one higher everywhere it was imported by name; the new version."""
     from converters.version import CONVERTER_VERSION as old
@@ -889,39 +757,23 @@ def bump_converter_version(monkeypatch):
     return new
 
 
-@pytest.mark.parametrize("how", ["online", "pinned_commit", "offline"])
-def test_converter_version_bump_invalidates_old_entries(hub, reference, tmp_path, monkeypatch, how):
-    root = tmp_path / "cache"
-    kwargs = {"revision": hub.commit} if how == "pinned_commit" else {}
-    load_pretrained(TAG, cache_dir=root, **kwargs)
-    old_key = reference.key
-    assert only_entry(root).name == old_key
+# --------------------------------------------------------------------------- fixtures
 
-    new_version = bump_converter_version(monkeypatch)
-    assert reference.key != old_key and f"-c{new_version}-" in reference.key
-    used = []
-    from_registry = timm_hub.from_registry
 
-    def spy(*args, **kwargs):
-        weights = from_registry(*args, **kwargs)
-        used.append(Path(weights.source).name)
-        return weights
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return make_reference(tmp_path_factory.mktemp("faults_checkpoint"))
 
-    monkeypatch.setattr(sources, "from_registry", spy)
-    if how == "offline":
-        set_offline(monkeypatch, True)
-    hub.clear_log()
-    with captured_logs() as messages:
-        model = load_pretrained(TAG, cache_dir=root, **kwargs)
-    assert used == [reference.key], f"the entry of converter version {old_key.split('-')[1]} was used: {used}"
-    assert conversions(messages) == 1, messages
-    assert_close(logits_of(model), reference.logits)
-    new = root / "entries" / TAG / reference.key
-    assert entry_problem(new, reference) is None
-    assert json.loads((new / META_FILE).read_text())["converter_version"] == new_version
-    assert hub.file_requests("model.safetensors", method="GET") == []  # the source came from huggingface_hub's cache
 
-    with captured_logs() as messages:  # from now on the new entry is used as it is
-        model = load_pretrained(TAG, cache_dir=root, **kwargs)
-    assert used[1:] == [reference.key] and conversions(messages) == 0, (used, messages)
-    assert_close(logits_of(model), reference.logits)
+@pytest.fixture
+def hub(local_hub, reference):
+    local_hub.commit = upload(local_hub, reference)
+    return local_hub
+
+
+def only_entry(root):
+    entries = sorted((Path(root) / "entries" / TAG).iterdir())
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
