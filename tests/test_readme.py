@@ -178,6 +178,8 @@ def free_names(code):
             bound.add(node.name)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
     return loaded - bound - set(dir(builtins))
 
 
