@@ -13,7 +13,8 @@
   architecture under `timm/<tag>`; every `hf://ORG/REPO` is published there by `converters.publish`
   from the architecture `KERAS_REPOS` gives it. Nothing reaches the internet.
 * Checked comments: an expression statement whose comment starts with a count
-  (`list_models()  # the 28 timm ConvNeXt architectures`) must evaluate to something of that length.
+  (`list_models()  # the 28 timm ConvNeXt architectures`, `list_pretrained()  # all 98`) must evaluate
+  to something of that length.
 
 The only changes the test makes are the tables below, applied in this order: `SUBSTITUTIONS`
 (text replaced in a block), `FREE_NAMES` (names the README leaves to the reader, defined before the
@@ -89,7 +90,7 @@ KERAS_REPOS = {
 INSTALLS = re.compile(r"\bpip3? install\b|-m pip install\b|-m venv\b|\bvirtualenv\b|\bconda (install|create)\b"
                       r"|\buv (pip|venv|sync|add)\b")
 SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
-COUNT_COMMENT = re.compile(r"#\s*(?:the\s+)?(?P<count>\d+)\s+\w")
+COUNT_COMMENT = re.compile(r"#\s*(?:(?:the|all)\s+)?(?P<count>\d+)(?:\s+[A-Za-z]|\s*$)")
 SHELL = ("bash", "sh", "shell")
 
 
@@ -408,4 +409,5 @@ def test_the_reader_finds_blocks_names_and_counts():
     assert free_names(py.code) == {"f", "pil_image"}
     code, checks = with_count_checks('import a\n\na.f(1,\n  2)  # the 98 things\nb = 3  # the 2 others\n')
     assert checks == [(3, 98)]
+    assert with_count_checks("f()  # all 98\ng()  # -> 4 maps\nh()  # 1e-5 bar\n")[1] == [(1, 98)]
     assert code == 'import a\n\n__readme_count__(a.f(1,\n  2), 98, 3)  # the 98 things\nb = 3  # the 2 others\n'
