@@ -11,6 +11,9 @@ Rules, checked for every `.py` file of `checkpoints/`, `convnext_hub/` and `conv
    `FACADES`, which may import any layer that way (but only its own and lower ones eagerly).
 4. Function-level imports of anything else are optional heavy dependencies (`LAZY_ALLOWED`):
    importing them on first use keeps `import convnext_hub` light and torch-free.
+   `importlib.import_module(name)` with a computed `name` and no package counts as such an import
+   (e.g. a helper that loads optional exporters by name); with a package (`(f".{x}", __name__)`) it
+   loads a project module.
 5. No cycles among the project's modules.
 
 `from convnext_hub import name` of a name the facade only provides lazily counts as an
@@ -33,6 +36,7 @@ LAYERS = {
         "convnext_hub.layers", "convnext_hub.variants", "convnext_hub.model", "convnext_hub.fast_path",
         "convnext_hub.families", "convnext_hub.weights_io", "convnext_hub.preprocessing", "convnext_hub.labels",
         "convnext_hub.finetune", "convnext_hub.version", "convnext_hub.saved_folder",
+        "convnext_hub.cache_root", "convnext_hub.compiled_forward",
     ]),
     2: ("converter library", [
         "converters", "converters.errors", "converters.version", "converters.readers", "converters.layouts",
@@ -155,7 +159,11 @@ def imports_of(module, source=None):
                     add(target, child, function, alias.name)
             elif isinstance(child, ast.Call) and _is_import_module_call(child):
                 target = _constant_import_target(module, child)
-                add(target if target is not None else "<dynamic>", child, function)
+                if target is not None:
+                    add(target, child, function)
+                elif len(child.args) > 1 or any(k.arg == "package" for k in child.keywords):
+                    add("<dynamic>", child, function)  # relative to a package: the project's own modules
+                # else: a name computed at run time, e.g. a helper importing optional exporters by name
             visit(child, inner)
 
     visit(tree, None)
@@ -278,6 +286,7 @@ def f():
     from converters.conversion import convert
     importlib.import_module("convnext_hub.layers")
     importlib.import_module(f".{name}", __name__)
+    importlib.import_module(optional_tool)
 """
 
 
