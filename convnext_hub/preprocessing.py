@@ -41,7 +41,9 @@ def eval_transform_params(cfg, input_size=None, crop_pct=None):
     Defaults and precedence follow `timm.data.resolve_data_config`;
     `input_size` (int, (H, W) or (C, H, W)) and `crop_pct` override the
     cfg. `resize_size` is timm's `scale_size`: floor(crop / crop_pct).
+    `cfg=None` (a model built without a checkpoint) gives timm's defaults.
     """
+    cfg = cfg or {}
     crop_size = _size_hw(input_size or cfg.get("input_size") or 224)
     crop_pct = crop_pct or cfg.get("crop_pct") or DEFAULT_CROP_PCT
     crop_mode = cfg.get("crop_mode") or "center"
