@@ -314,3 +314,15 @@ def test_users_checkpoints_and_converters_folders_do_not_shadow_the_packages(att
     assert converted.returncode == 0 and (work / "out" / "config.json").is_file(), converted.stderr
     shown = _run(["-m", "converters.publish", "--help"], cwd=work)
     assert shown.returncode == 0 and "--repo-id" in shown.stdout
+
+
+def test_model_without_checkpoint_gets_timms_default_transform():
+    model = convnext_hub.create_model("convnext_atto")
+    reloaded = type(model).from_config(model.get_config())
+    assert reloaded.pretrained_cfg is None
+    photo = (np.random.RandomState(1).rand(300, 400, 3) * 255).astype("uint8")
+    batch = convnext_hub.Preprocessor(reloaded.pretrained_cfg)([photo])
+    default = convnext_hub.Preprocessor({"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
+                                         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})([photo])
+    assert batch.shape == (1, 224, 224, 3)
+    np.testing.assert_array_equal(batch, default)
