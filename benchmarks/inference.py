@@ -5,17 +5,38 @@ inside it, timm and the Keras model are timed alternately on the same batch, so
 both see the same machine state. Prints images/s and the Keras / timm ratio.
 
     python benchmarks/inference.py                        # CPU, fp32, batch 8, 224x224
-    python benchmarks/inference.py --backends jax --dtype bfloat16 --batch 256 --timm-compile   # GPU
+    python benchmarks/inference.py --backends jax --dtype bfloat16 --batch 256 --gpu --timm-compile \
+        --depthwise xla pad:96 --check --json out.json    # GPU: A/B of depthwise formulations
+
+`--gpu` keeps the batch on the device and times one jitted `stateless_call` per
+depthwise formulation (`convnext_hub.layers.DepthwiseConv2D.JAX_FORMULATIONS`, or
+`NAME:MAX_CHANNELS`); `--check` gives timm and Keras the same random weights and
+holds each low-precision output against the other side's float32 output.
+`--smoke` runs those code paths on the CPU at whatever size is given, to check the
+script before a GPU run.
 """
 import argparse
+import contextlib
+import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 MODELS = ("convnext_tiny", "convnextv2_tiny")
 BACKENDS = ("tensorflow", "jax", "torch")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A low-precision output passes `--check` when its max|d| from the other side's float32
+# output is within this fraction of max|float32|, or within twice the error of timm's own
+# low-precision output (the yardstick measured on the same input): bfloat16 keeps 8
+# significant bits, and rounding errors compound over a network's depth.
+LOW_PRECISION_TOLERANCE = 0.05
+# Keras float32 against timm float32 (full-precision products on both sides): the ports agree
+# to ~1e-6 x max|timm| on CPU; the GPU's kernels sum in other orders.
+FLOAT32_TOLERANCE = 1e-4
 
 
 def _time(fn, seconds):
@@ -30,15 +51,92 @@ def _time(fn, seconds):
     return durations[len(durations) // 2]
 
 
-def _keras_runner(model, x, gpu):
-    """A call of the Keras model on `x`, as a user would make it on this device.
+def environment():
+    """Versions, device and date, for a benchmark's JSON (libraries are read only if already imported)."""
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count())
+    for name in ("keras", "jax", "torch", "timm", "tensorflow"):
+        if name in sys.modules:
+            info[name] = getattr(sys.modules[name], "__version__", "?")
+    if "jax" in sys.modules:
+        info["jax_devices"] = [str(d.device_kind) for d in sys.modules["jax"].devices()]
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        info["torch_device"] = sys.modules["torch"].cuda.get_device_name()
+    return info
+
+
+def write_json(path, payload):
+    """Writes `payload` to `path` atomically, so a run killed mid-write leaves the previous file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
+
+
+def run_child(script, backend, argv, timeout=None, env_extra=None):
+    """Runs `script --child argv` under `KERAS_BACKEND=backend`; its `RESULT` line as data, or an error dict.
+
+    Keras fixes its backend at import, so each backend runs in its own process.
+    `env_extra` adds environment variables.
+    """
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_PYTHON_CLIENT_PREALLOCATE="false", **(env_extra or {}))  # JAX shares the GPU with timm
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(script), "--child", *argv]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        stdout, stderr, error = out.stdout, out.stderr, f"exit {out.returncode}" if out.returncode else None
+    except subprocess.TimeoutExpired as expired:  # its output may come as bytes
+        stdout, stderr = (s.decode(errors="replace") if isinstance(s, bytes) else s or ""
+                          for s in (expired.stdout, expired.stderr))
+        error = f"timed out after {timeout:.0f} s"
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        return {"error": error or "no RESULT line", "stderr": stderr[-3000:]}
+    data = json.loads(lines[-1][len("RESULT "):])
+    if error:  # children print what they have measured so far: a late failure keeps it
+        data["partial"] = dict(error=error, stderr=stderr[-3000:])
+    return data
+
+
+@contextlib.contextmanager
+def depthwise_formulation(spec):
+    """Sets `DepthwiseConv2D.FORMULATION_ENV` to `spec` (None: leaves it) for the calls traced inside."""
+    from convnext_hub.layers import DepthwiseConv2D
+
+    name = DepthwiseConv2D.FORMULATION_ENV
+    old = os.environ.get(name)
+    if spec is not None:
+        os.environ[name] = spec
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def relative_error(actual, expected):
+    """max|actual - expected| / max|expected|, in float64."""
+    import numpy as np
+
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def _keras_runner(model, x, gpu, formulation=None):
+    """A call of the Keras model on `x`, as a user would make it on this device; it returns the output.
 
     CPU: `predict_on_batch` on the numpy batch. GPU (JAX): the batch lives on the
     device, as timm's does, and the forward pass is one jitted `stateless_call`;
-    copying 150 MB to and from the host each call would time the PCIe bus.
+    copying 150 MB to and from the host each call would time the PCIe bus. The
+    jitted function is traced (and compiled) here, under `formulation`: each runner
+    keeps the depthwise formulation it was made with.
     """
-    import numpy as np
     import keras
+    import numpy as np
 
     if not gpu:
         return lambda: np.asarray(model.predict_on_batch(x))
@@ -49,31 +147,98 @@ def _keras_runner(model, x, gpu):
     forward = jax.jit(lambda tv, ntv, batch: model.stateless_call(tv, ntv, batch, training=False)[0])
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    batch = jax.device_put(x.astype(keras.config.dtype_policy().compute_dtype))
-    return lambda: forward(trainable, non_trainable, batch).block_until_ready()
+    batch = jax.device_put(x.astype(model.dtype_policy.compute_dtype))
+    # float32 references use full-precision products (the GPU's default rounds them to tf32).
+    precision = "highest" if model.dtype_policy.compute_dtype == "float32" else None
+
+    def call():  # the contexts are part of jit's cache key: every call enters the same ones
+        with depthwise_formulation(formulation), jax.default_matmul_precision(precision):
+            return forward(trainable, non_trainable, batch).block_until_ready()
+
+    call()
+    return call
+
+
+def _timm_pair(timm, torch, name, args, device, torch_dtype):
+    """timm's model in the timed precision (compiled if asked) and, for `--check`, its float32 twin.
+
+    With `--check` every parameter is randomized first (timm's initial layer scale of
+    1e-6 would make every block nearly the identity and hide a wrong one).
+    """
+    import copy
+
+    ref32 = timm.create_model(name).eval()
+    if args.check:
+        from converters.randomize import randomize_
+
+        randomize_(ref32)
+    ref = copy.deepcopy(ref32).to(device=device, dtype=torch_dtype)
+    if args.gpu:
+        ref = ref.to(memory_format=torch.channels_last)
+    if args.timm_compile:
+        ref = torch.compile(ref, backend="eager" if args.smoke else "inductor")
+    return ref, (ref32.to(device) if args.check else None)
+
+
+def _keras_pair(keras, convnext_hub, name, args, ref32):
+    """The Keras model in the timed precision and, for `--check`, its float32 twin, both with timm's weights."""
+    shape = (args.size, args.size, 3)
+    model32 = None
+    if args.check:
+        from converters import load_timm_state_dict
+
+        keras.mixed_precision.set_global_policy("float32")
+        model32 = convnext_hub.create_model(name, input_shape=shape)
+        load_timm_state_dict(model32, {k: v.detach().cpu().numpy() for k, v in ref32.state_dict().items()})
+    if args.dtype != "float32":
+        keras.mixed_precision.set_global_policy(args.dtype)  # pure low precision, as timm .to(dtype)
+    model = convnext_hub.create_model(name, input_shape=shape)
+    if model32 is not None:
+        model.set_weights(model32.get_weights())
+    return model, model32
+
+
+def _check(run_timm, keras_runs, ref32, model32, x, xt, args):
+    """Each low-precision output against the other side's float32 output on the timed batch."""
+    import numpy as np
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # true float32 reference
+    x32 = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(xt.device)  # not xt: rounded to low precision
+    with torch.inference_mode():
+        timm32 = ref32(x32).float().cpu().numpy()
+    keras32 = np.asarray(_keras_runner(model32, x, args.gpu)(), np.float32)
+    timm_low = run_timm().float().cpu().numpy()
+    timm_own = relative_error(timm_low, timm32)
+    bar = max(LOW_PRECISION_TOLERANCE, 2 * timm_own)
+    check = dict(keras_fp32_vs_timm_fp32=relative_error(keras32, timm32), timm_low_vs_timm_fp32=timm_own,
+                 timm_low_vs_keras_fp32=relative_error(timm_low, keras32), bar=bar, keras_low_vs_timm_fp32={})
+    for formulation, run in keras_runs.items():
+        check["keras_low_vs_timm_fp32"][formulation or "auto"] = relative_error(np.asarray(run(), np.float32), timm32)
+    check["passed"] = bool(
+        check["keras_fp32_vs_timm_fp32"] <= FLOAT32_TOLERANCE and check["timm_low_vs_keras_fp32"] <= bar
+        and all(e <= bar for e in check["keras_low_vs_timm_fp32"].values())
+    )
+    return check
 
 
 def measure(args):
     """Runs in a child process whose KERAS_BACKEND is already set."""
     import torch  # torch / timm before keras (TensorFlow): see README
     import timm
-    import numpy as np
+    # isort: split
     import keras
+    import numpy as np
 
     import convnext_hub
 
-    device = "cuda" if args.gpu else "cpu"
+    device = "cuda" if args.gpu and not args.smoke else "cpu"
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    if args.dtype != "float32":
-        keras.mixed_precision.set_global_policy(args.dtype)  # pure low precision, as timm .to(dtype)
+    formulations = args.depthwise or [None]
     results = []
     for name in args.models:
-        ref = timm.create_model(name).eval().to(device=device, dtype=torch_dtype)
-        if args.gpu:
-            ref = ref.to(memory_format=torch.channels_last)
-        if args.timm_compile:
-            ref = torch.compile(ref)
-        model = convnext_hub.create_model(name, input_shape=(args.size, args.size, 3))
+        ref, ref32 = _timm_pair(timm, torch, name, args, device, torch_dtype)
+        model, model32 = _keras_pair(keras, convnext_hub, name, args, ref32)
         x = np.random.RandomState(0).rand(args.batch, args.size, args.size, 3).astype("float32")
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device=device, dtype=torch_dtype)
         if args.gpu:
@@ -81,28 +246,34 @@ def measure(args):
 
         def run_timm():
             with torch.inference_mode():
-                ref(xt)
-            if args.gpu:
+                out = ref(xt)
+            if device == "cuda":
                 torch.cuda.synchronize()
+            return out
 
-        run_keras = _keras_runner(model, x, args.gpu)
+        runs = {f: _keras_runner(model, x, args.gpu, f) for f in formulations}
+        check = _check(run_timm, runs, ref32, model32, x, xt, args) if args.check else None
+        del ref32, model32
 
         for _ in range(args.warmup):
             run_timm()
-            run_keras()
-        timm_s, keras_s = [], []
+            for run in runs.values():
+                run()
+        timm_s, keras_s = [], {f: [] for f in formulations}
         for _ in range(args.rounds):  # alternate, so drift hits both
             timm_s.append(_time(run_timm, args.seconds))
-            keras_s.append(_time(run_keras, args.seconds))
+            for f, run in runs.items():
+                keras_s[f].append(_time(run, args.seconds))
         timm_ips = args.batch / min(timm_s)
-        keras_ips = args.batch / min(keras_s)
-        results.append(dict(
-            model=name, backend=keras.backend.backend(), dtype=args.dtype, batch=args.batch,
-            keras_img_s=round(keras_ips, 2), timm_img_s=round(timm_ips, 2),
-            ratio=round(keras_ips / timm_ips, 2),
-            timm_mode="torch.compile" if args.timm_compile else "eager",
-        ))
-    print("RESULT " + json.dumps(results), flush=True)
+        for f in formulations:
+            keras_ips = args.batch / min(keras_s[f])
+            results.append(dict(
+                model=name, backend=keras.backend.backend(), dtype=args.dtype, batch=args.batch, size=args.size,
+                depthwise=f or "auto", keras_img_s=round(keras_ips, 2), timm_img_s=round(timm_ips, 2),
+                ratio=round(keras_ips / timm_ips, 3),
+                timm_mode="torch.compile" if args.timm_compile else "eager", check=check,
+            ))
+        print("RESULT " + json.dumps(dict(results=results, environment=environment())), flush=True)
 
 
 def main(argv=None):
@@ -117,29 +288,46 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
+    parser.add_argument("--depthwise", nargs="+", metavar="SPEC",
+                        help="with --gpu: JAX depthwise formulations to time side by side (NAME or NAME:MAX_CHANNELS)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --gpu: same random weights on both sides; outputs checked against float32")
+    parser.add_argument("--smoke", action="store_true", help="with --gpu: run its code paths on the CPU")
+    parser.add_argument("--json", help="write the results, with versions and device, to this file")
+    parser.add_argument("--timeout", type=float, help="seconds allowed to each backend's process")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if (args.depthwise or args.check or args.smoke) and not args.gpu:
+        parser.error("--depthwise, --check and --smoke go with --gpu")
     if args.child:
         return measure(args)
 
-    rows = []
+    rows, failures, env_info = [], {}, None
     for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                   XLA_PYTHON_CLIENT_PREALLOCATE="false")  # JAX shares the GPU with timm
-        cmd = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if out.returncode or not lines:
-            print(f"{backend}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+        out = run_child(__file__, backend, argv if argv is not None else sys.argv[1:], args.timeout)
+        if "error" in out or "partial" in out:
+            failure = out.get("partial", out)
+            print(f"{backend}: failed ({failure['error']})\n{failure['stderr']}", file=sys.stderr)
+            failures[backend] = failure
+        if "error" in out:
             continue
-        rows += json.loads(lines[-1][len("RESULT "):])
+        rows += out["results"]
+        env_info = out["environment"]
 
-    print(f"{'model':<18}{'backend':<12}{'dtype':<10}{'batch':>6}{'keras img/s':>13}{'timm img/s':>12}{'ratio':>7}")
+    print(f"{'model':<18}{'backend':<12}{'depthwise':<13}{'dtype':<10}{'batch':>6}"
+          f"{'keras img/s':>13}{'timm img/s':>12}{'ratio':>8}  check")
     for r in rows:
-        print(f"{r['model']:<18}{r['backend']:<12}{r['dtype']:<10}{r['batch']:>6}"
-              f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>7}")
+        check = r["check"]
+        verdict = "-" if check is None else (
+            f"{'PASS' if check['passed'] else 'FAIL'} (max|d| {check['keras_low_vs_timm_fp32'][r['depthwise']]:.1e}"
+            f" x max|timm fp32|; timm's own {check['timm_low_vs_timm_fp32']:.1e})")
+        print(f"{r['model']:<18}{r['backend']:<12}{r['depthwise']:<13}{r['dtype']:<10}{r['batch']:>6}"
+              f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>8}  {verdict}")
     print(f"timm mode: {rows[0]['timm_mode'] if rows else '-'}; machine: {os.cpu_count()} CPUs")
-    return 0 if rows else 1
+    if args.json:
+        write_json(args.json, dict(benchmark="inference", argv=argv if argv is not None else sys.argv[1:],
+                                   results=rows, failures=failures, environment=env_info))
+    return 0 if rows and not failures else 1
 
 
 if __name__ == "__main__":
