@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tokenize
@@ -160,7 +159,8 @@ def python_strings(code):
 def hub_names(block):
     """(registry names, hf:// repo ids) that the block's code mentions."""
     code = substituted(block)
-    words = python_strings(code) if block.lang == "python" else set(shlex.split(code, comments=True))
+    # Shell: every word, quoted or not (a `python -c '...("convnext_tiny")'` names a checkpoint too).
+    words = python_strings(code) if block.lang == "python" else set(re.findall(r"[\w.:/-]+", code))
     registry = set(checkpoints.list_pretrained()) | set(checkpoints.aliases())
     repos = {w[len("hf://"):] for w in words if w.startswith("hf://")}
     return sorted(words & registry), sorted(repos)
@@ -398,12 +398,13 @@ def test_the_reader_finds_blocks_names_and_counts():
     """The machinery above, on a sample: fences, markers, names, free names, count comments."""
     sample = (
         "text\n\n<!-- readme-test: skip (needs a GPU) -->\n```python\nimport x\n```\n\n```bash\npip install a\n```\n"
-        "```sh\npython -m converters.timm_to_keras --random-init convnext_atto --out o\n```\n```text\nignored\n```\n"
+        "```sh\npython -m converters.timm_to_keras --random-init convnext_atto --out o\n"
+        "python -c 'load(\"hf://a/b\")'\n```\n```text\nignored\n```\n"
     )
     blocks = readme_blocks(sample)
     assert [(b.lang, b.line, b.skip, b.installs) for b in blocks] == [
         ("python", 5, "needs a GPU", False), ("shell", 9, None, True), ("shell", 12, None, False)]
-    assert hub_names(blocks[2]) == (["convnext_atto"], [])
+    assert hub_names(blocks[2]) == (["convnext_atto"], ["a/b"])
     py = Block("python", 'm = f("convnext_v2_base", "hf://o/r", "x.keras")\nprint(pil_image, m)\n', 1)
     assert hub_names(py) == (["convnext_v2_base"], ["o/r"])
     assert free_names(py.code) == {"f", "pil_image"}
