@@ -12,6 +12,8 @@
   (`tests/hub_server.py`, reached through HF_ENDPOINT) as a random timm checkpoint of that
   architecture under `timm/<tag>`; every `hf://ORG/REPO` is published there by `converters.publish`
   from the architecture `KERAS_REPOS` gives it. Nothing reaches the internet.
+* Inline code in the prose that names the API in full (`convnext_hub.preprocess_image(image, cfg)`,
+  `python -m converters.publish ...`) names something that exists, called with keywords it accepts.
 * Checked comments: an expression statement whose comment starts with a count
   (`list_models()  # the 28 timm ConvNeXt architectures`, `list_pretrained()  # all 98`) must evaluate
   to something of that length.
@@ -27,6 +29,8 @@ A block opts out only with an HTML comment on the line just before its fence (bl
 """
 import ast
 import builtins
+import importlib
+import inspect
 import io
 import json
 import os
@@ -91,6 +95,8 @@ INSTALLS = re.compile(r"\bpip3? install\b|-m pip install\b|-m venv\b|\bvirtualen
 SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 COUNT_COMMENT = re.compile(r"#\s*(?:(?:the|all)\s+)?(?P<count>\d+)(?:\s+[A-Za-z]|\s*$)")
 SHELL = ("bash", "sh", "shell")
+INLINE_API = re.compile(r"`(?:python3? -m )?(?P<name>(?:convnext_hub|converters|checkpoints)(?:\.[A-Za-z_]\w*)+)"
+                        r"(?:\((?P<args>[^`]*)\))?")
 
 
 # ----------------------------------------------------------------------------------------------- the blocks
@@ -383,6 +389,61 @@ def test_every_table_entry_is_used():
     assert not unused, "\n".join(unused)
 
 
+def resolve_api(dotted):
+    """The object a dotted name of the project stands for (the longest importable module, then attributes)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def call_problem(obj, args):
+    """None when `obj` accepts a call written as `obj(args)` in the README (keywords by name, positional by count)."""
+    call = ast.parse(f"f({args})", mode="eval").body
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None  # no signature to check (a builtin)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
+    var_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
+    if len(call.args) > len(positional) and not var_positional:
+        return f"takes {len(positional)} positional arguments, the README passes {len(call.args)}"
+    for keyword in call.keywords:
+        if keyword.arg is None and not var_keyword:
+            return "takes no **keyword arguments"
+        if keyword.arg is not None and keyword.arg not in names and not var_keyword:
+            return f"has no argument {keyword.arg!r}"
+    return None
+
+
+def test_inline_api_references_exist():
+    """`convnext_hub.preprocess_image(...)` in the prose must exist as written (not only in a submodule)."""
+    problems = []
+    for number, line in enumerate(README.read_text().splitlines(), 1):
+        for match in INLINE_API.finditer(line):
+            try:
+                obj = resolve_api(match["name"])
+            except (ImportError, AttributeError) as error:
+                problems.append(f"README line {number}: `{match['name']}` does not exist ({error})")
+                continue
+            if match["args"] is not None and callable(obj):
+                try:
+                    problem = call_problem(obj, match["args"])
+                except SyntaxError:
+                    continue  # a placeholder, not Python (e.g. `NAME --repo-id ORG/REPO`)
+                if problem:
+                    problems.append(f"README line {number}: `{match['name']}({match['args']})`: {problem}")
+    assert not problems, "\n".join(problems)
+
+
 def test_skip_markers_sit_right_before_a_block():
     text = README.read_text()
     lines = text.splitlines()
@@ -411,4 +472,10 @@ def test_the_reader_finds_blocks_names_and_counts():
     code, checks = with_count_checks('import a\n\na.f(1,\n  2)  # the 98 things\nb = 3  # the 2 others\n')
     assert checks == [(3, 98)]
     assert with_count_checks("f()  # all 98\ng()  # -> 4 maps\nh()  # 1e-5 bar\n")[1] == [(1, 98)]
+    assert resolve_api("converters.verification.compare").__name__ == "compare"
+    with pytest.raises(AttributeError):
+        resolve_api("convnext_hub.no_such_function")
+    assert call_problem(resolve_api("converters.verification.compare"), "model, timm_model, images") is None
+    assert "no argument 'colour'" in call_problem(resolve_api("converters.verification.compare"), "m, r, i, colour=1")
+    assert "positional" in call_problem(resolve_api("checkpoints.resolve"), "a, b")
     assert code == 'import a\n\n__readme_count__(a.f(1,\n  2), 98, 3)  # the 98 things\nb = 3  # the 2 others\n'
