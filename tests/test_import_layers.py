@@ -60,6 +60,7 @@ FACADES = {
 LAZY_ALLOWED = {
     "torch", "torchvision", "timm", "tensorflow", "jax", "jaxlib", "keras_hub", "transformers",
     "onnx", "onnxruntime", "tf2onnx", "jax2onnx", "openvino", "ai_edge_litert", "tflite_runtime",
+    "keras",  # imports its backend (TensorFlow: seconds), after torch where both are needed
     "importlib",  # only reachable in a facade's `__getattr__` (rule 3 checks what it loads)
 }
 TOP = max(LAYERS)
