@@ -1,57 +1,65 @@
-"""Converting a big safetensors checkpoint to a Keras weights file, against timm loading it.
+"""The conversion CLI on a big checkpoint, against timm loading the same file, on every configured backend.
 
-Makes a random `convnextv2_huge` checkpoint (2.6 GB) once, then in fresh
-processes measures wall time (imports included) and peak RSS of
-  - ours, on each Keras backend: `converters.convert_to_weights_file`, what
-    `python -m converters.timm_to_keras FILE --out DIR` runs (tensors streamed
-    from the file into the `.weights.h5`, the model never holds them);
+Makes a random `convnextv2_huge` checkpoint (2.6 GB; written one tensor at a
+time) once, then measures fresh processes from spawn to exit (imports
+included), with their peak RSS:
+  - ours, with `KERAS_BACKEND` set to each backend: the command a user runs,
+    `python -m converters.timm_to_keras FILE --out DIR` (tensors streamed from
+    the file into the `.weights.h5`; the command picks the backend that imports
+    fastest, since the file is the same on every backend);
   - timm: `timm.create_model(arch, pretrained=True)` from the same file.
+Best of `--repeats`, alternated so drift hits every side; `results/convert.json`
+and `results/convert.png` hold the figures.
 
+    python benchmarks/convert.py --quick           # convnext_tiny, one repeat
     python benchmarks/convert.py [--arch convnextv2_huge] [--dir /tmp/convnext_bench] [--backends jax]
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.random_weights import write_random_safetensors  # noqa: E402
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# Runs a command in this interpreter (runpy), then reports its peak RSS; the parent times spawn to exit.
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, runpy, sys
 mode, arch, path, out = sys.argv[1:5]
-start = time.perf_counter()
 if mode == "timm":
     import timm
-    model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))
+    timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))
 else:
-    from converters import convert_to_weights_file, load_checkpoint
-    convert_to_weights_file(load_checkpoint(path, lazy=True), out, source=path)
-seconds = time.perf_counter() - start
-print("RESULT " + json.dumps(dict(seconds=seconds, peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+    sys.argv = ["timm_to_keras", path, "--out", out]
+    try:
+        runpy.run_module("converters.timm_to_keras", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code:
+            raise
+print("RESULT " + json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                              "backend": sys.modules["keras"].backend.backend() if "keras" in sys.modules else None}))
 """
 
 
-def make_checkpoint(arch, path):
-    """A timm-layout safetensors file with random float32 weights (no model is built)."""
-    import numpy as np
-    import timm
-    import torch
-    from safetensors.numpy import save_file
-
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in timm.create_model(arch).state_dict().items()}
-    rng = np.random.default_rng(0)
-    tensors = {k: rng.standard_normal(s, dtype=np.float32) * 0.02 for k, s in shapes.items()}
-    save_file(tensors, path)
-
-
-def run(mode, arch, path, out, backend="tensorflow"):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
+def run(mode, arch, path, out, backend):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend, PYTHONPATH=str(REPO_ROOT))
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, arch, path, out], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, **json.loads(lines[-1][len("RESULT "):])}
 
 
 def main(argv=None):
@@ -59,27 +67,41 @@ def main(argv=None):
     parser.add_argument("--arch", default="convnextv2_huge")
     parser.add_argument("--dir", default="/tmp/convnext_bench")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--quick", action="store_true", help="convnext_tiny, one repeat: checks the benchmark works")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.repeats = "convnext_tiny", 1
     os.makedirs(args.dir, exist_ok=True)
     path = os.path.join(args.dir, f"{args.arch}.safetensors")
     if not os.path.exists(path):
         t = time.perf_counter()
-        make_checkpoint(args.arch, path)
+        write_random_safetensors(args.arch, path)
         print(f"made {path} in {time.perf_counter() - t:.0f} s")
     size = os.path.getsize(path)
-    out = os.path.join(args.dir, f"{args.arch}.weights.h5")
-    modes = [("timm", "timm", "tensorflow")] + [(f"ours ({b})", "ours", b) for b in args.backends]
-    runs = {label: [] for label, _, _ in modes}
-    for _ in range(args.repeats):  # alternate, so drift hits every mode
-        for label, mode, backend in modes:
+    out = os.path.join(args.dir, f"{args.arch}-converted")
+    sides = [("timm", "timm", "tensorflow")] + [(f"ours, KERAS_BACKEND={b}", "ours", b) for b in args.backends]
+    runs = {label: [] for label, _, _ in sides}
+    for _ in range(args.repeats):  # alternate, so drift hits every side
+        for label, mode, backend in sides:
             runs[label].append(run(mode, args.arch, path, out, backend))
-    best = {label: dict(seconds=min(r["seconds"] for r in rs), peak_rss=min(r["peak_rss"] for r in rs))
-            for label, rs in runs.items()}
-    print(f"{args.arch}: checkpoint {size / 1e9:.2f} GB; {os.cpu_count()} CPUs; best of {args.repeats}")
+    best = {label: min(rs, key=lambda r: r["seconds"]) for label, rs in runs.items()}
+    timm = best["timm"]["seconds"]
+    print(f"{args.arch}: checkpoint {size / 1e9:.2f} GB; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; best of {args.repeats}, spawn to exit")
     for label, r in best.items():
-        print(f"  {label:<18} {r['seconds']:6.1f} s  ({r['seconds'] / best['timm']['seconds']:.2f}x timm)"
-              f"   peak RSS {r['peak_rss'] / 1e9:5.2f} GB = {r['peak_rss'] / size:.2f}x file")
+        used = f" (ran on {r['backend']})" if r.get("backend") and label != "timm" else ""
+        print(f"  {label:<28} {r['seconds']:6.1f} s  ({r['seconds'] / timm:.2f}x timm)"
+              f"   peak RSS {r['peak_rss'] / 1e9:5.2f} GB = {r['peak_rss'] / size:.2f}x file{used}")
+    payload = {"arch": args.arch, "checkpoint_bytes": size, "repeats": args.repeats, "quick": args.quick,
+               "best": best, "runs": runs, "ratios": {label: r["seconds"] / timm for label, r in best.items()}}
+    print(f"wrote {report.write_json('convert', payload)}")
+    chart = report.bar_chart(
+        "convert", f"{args.arch}: conversion CLI / timm create+load (lower is better; dashed: parity)",
+        {label.replace(", ", "\n"): {"time": r["seconds"] / timm, "peak RSS / file": r["peak_rss"] / size}
+         for label, r in best.items()}, "ratio", 1.0)
+    if chart:
+        print(f"wrote {chart}")
 
 
 if __name__ == "__main__":

@@ -1,182 +1,202 @@
-"""New process -> first logits: `load_pretrained` from its warm cache against timm's pretrained create.
+"""New process -> first logits: `load_pretrained` against timm's `create_model(pretrained=True)`, every backend.
 
 Random-weight checkpoints are served by the fake Hub of `tests/hub_server.py`,
-started here, as `timm/<tag>` repos with `model.safetensors`. Both sides start
-warm: timm's download sits in huggingface_hub's cache, our conversion in the
-convnext_hub cache (the first-load times that fill them are printed too). Each
-measurement is a fresh interpreter, timed from its spawn to its first logits on
-one 224x224 image; the median of `--runs` is reported, with the child's phases
-(imports, create + load, first forward) and its peak RSS.
+started here, as `timm/<tag>` repos with `model.safetensors` (no Hub access).
+timm's first run downloads the file into huggingface_hub's cache; then, side by
+side, for each Keras backend (each with its own convnext_hub cache):
 
-    python benchmarks/load.py                                          # convnext_tiny
-    python benchmarks/load.py --models convnext_tiny convnextv2_huge   # + the 2.6 GB one (minutes)
+- first load: `load_pretrained` converts from that warm huggingface_hub cache
+  into ours (the streaming conversion), against timm's create from the same
+  cache; with the load's peak RSS above the process's RSS after its imports;
+- cached load: fresh interpreters timed from spawn to the first logits of one
+  224x224 image (`model(x)`), with their phases (imports, create + load, first
+  forward). On JAX the first load's process compiled the forward (cold
+  compilation cache); the cached runs find it in the cache.
 
-`--backend` picks the Keras backend of the children (default: Keras' configured one).
+Figures are medians of `--runs`; `results/load.json` and `results/load.png`
+hold them.
+
+    python benchmarks/load.py --quick                                   # convnext_tiny, one run
+    python benchmarks/load.py --models convnext_tiny convnextv2_huge    # the 2.6 GB one too (minutes)
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-OURS = """
+from benchmarks import report  # noqa: E402
+from benchmarks.random_weights import write_random_safetensors  # noqa: E402
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+MEASURE = """
 import json, resource, sys, time
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def report(imported, base, loaded, load_peak, logits):
+    done = time.time()
+    print("RESULT " + json.dumps({
+        "imported": imported, "loaded": loaded, "done": done, "base_rss_mb": base, "load_peak_mb": load_peak,
+        "peak_rss_mb": peak_mb(), "finite": bool(np.isfinite(logits).all()), "shape": list(logits.shape),
+        "torch_imported": "torch" in sys.modules, "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+OURS = MEASURE + """
 import keras
 import numpy as np
 from convnext_hub.hub import load_pretrained
-imported = time.time()
+imported, base = time.time(), rss_mb()
 model = load_pretrained(sys.argv[1])
-loaded = time.time()
-logits = keras.ops.convert_to_numpy(model(np.zeros((1, 224, 224, 3), np.float32), training=False))
-done = time.time()
-print(json.dumps({"imported": imported, "loaded": loaded, "done": done, "shape": list(logits.shape),
-                  "finite": bool(np.isfinite(logits).all()), "torch_imported": "torch" in sys.modules,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+loaded, load_peak = time.time(), peak_mb()
+report(imported, base, loaded, load_peak, keras.ops.convert_to_numpy(model(np.zeros((1, 224, 224, 3), np.float32))))
 """
 
-TIMM = """
-import json, resource, sys, time
+TIMM = MEASURE + """
+import numpy as np
 import torch, timm
-imported = time.time()
+imported, base = time.time(), rss_mb()
 model = timm.create_model(sys.argv[1], pretrained=True).eval()
-loaded = time.time()
+loaded, load_peak = time.time(), peak_mb()
 with torch.no_grad():
-    logits = model(torch.zeros(1, 3, 224, 224)).numpy()
-done = time.time()
-print(json.dumps({"imported": imported, "loaded": loaded, "done": done, "shape": list(logits.shape),
-                  "finite": bool(logits.size and abs(logits).max() < float("inf")), "torch_imported": True,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    report(imported, base, loaded, load_peak, model(torch.zeros(1, 3, 224, 224)).numpy())
 """
-
-
-def random_tensor(rng, key, shape):
-    """Plausible random values: weights ~ N(0, 1/fan_in), 1-D norm scales ~ 1, other vectors small."""
-    if len(shape) >= 2:
-        return (rng.standard_normal(shape, dtype=np.float32) / math.sqrt(math.prod(shape[1:]))).astype(np.float32)
-    base = 1.0 if key.endswith(".weight") and ".grn." not in key else 0.0
-    return (base + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-
-
-def write_random_safetensors(arch, num_classes, path, seed=0):
-    """A timm-keyed float32 safetensors file of random weights, one tensor in memory at a time.
-
-    Shapes come from timm's model built on the meta device (no memory for weights).
-    """
-    import timm
-    import torch
-
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in timm.create_model(arch, num_classes=num_classes).state_dict().items()}
-    header, offset = {}, 0
-    for key, shape in shapes.items():
-        size = 4 * math.prod(shape)
-        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for key, shape in shapes.items():
-            f.write(random_tensor(rng, key, shape).tobytes())
-    return path
 
 
 def run_child(code, name, env):
-    """Spawn a fresh interpreter running `code`; seconds from spawn to each phase, plus its report."""
+    """A fresh interpreter running `code`: seconds from spawn to each phase, and its memory figures."""
     start = time.time()
     out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
         raise RuntimeError(f"child for {name} failed:\n{out.stderr[-3000:]}")
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["finite"], f"{name}: non-finite logits"
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["finite"], f"{name}: non-finite logits"
     return {
-        "total": report["done"] - start,
-        "import": report["imported"] - start,
-        "load": report["loaded"] - report["imported"],
-        "forward": report["done"] - report["loaded"],
-        "peak_rss_mb": report["peak_rss_mb"],
-        "torch_imported": report["torch_imported"],
+        "total": r["done"] - start,
+        "import": r["imported"] - start,
+        "load": r["loaded"] - r["imported"],
+        "forward": r["done"] - r["loaded"],
+        "load_peak_above_base_mb": r["load_peak_mb"] - r["base_rss_mb"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "torch_imported": r["torch_imported"],
+        "tensorflow_imported": r["tensorflow_imported"],
     }
 
 
 def median_run(runs):
-    return {k: statistics.median(r[k] for r in runs) if k != "torch_imported" else any(r[k] for r in runs)
+    """Medians of the numbers; flags true if any run had them."""
+    return {k: any(r[k] for r in runs) if isinstance(runs[0][k], bool) else statistics.median(r[k] for r in runs)
             for k in runs[0]}
+
+
+def measure(name, hub, workdir, backends, runs):
+    """Every figure of one checkpoint: timm's, then each backend's, side by side."""
+    import checkpoints
+
+    entry = checkpoints.resolve(name)
+    source = write_random_safetensors(entry["architecture"], workdir / "source.safetensors", entry["num_classes"])
+    size_mb = source.stat().st_size / 1e6
+    hub.add_commit(entry["hf_hub_id"], {"model.safetensors": source, "config.json": "{}"})
+    source.unlink()
+    base_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    envs = {b: {**base_env, "KERAS_BACKEND": b, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub" / b)}
+            for b in backends}
+    timm_download = run_child(TIMM, entry["name"], base_env)  # fills huggingface_hub's cache
+    first = {b: run_child(OURS, name, envs[b]) for b in backends}  # converts from that cache into ours
+    timed = {side: [] for side in ("timm", *backends)}
+    for _ in range(runs):  # alternate, so drift hits every side
+        timed["timm"].append(run_child(TIMM, entry["name"], base_env))
+        for b in backends:
+            timed[b].append(run_child(OURS, name, envs[b]))
+    medians = {side: median_run(r) for side, r in timed.items()}
+    timm = medians["timm"]
+    row = {"name": entry["name"], "checkpoint_mb": size_mb, "timm": timm, "timm_download": timm_download,
+           "backends": {}}
+    for b in backends:
+        ours, conv = medians[b], first[b]
+        row["backends"][b] = {
+            "cached": ours,
+            "first_load": conv,
+            "ratios": {
+                "cached_load_forward": (ours["load"] + ours["forward"]) / (timm["load"] + timm["forward"]),
+                "total": ours["total"] / timm["total"],
+                "first_load": conv["load"] / timm["load"],
+                "first_load_peak_over_checkpoint": conv["load_peak_above_base_mb"] / size_mb,
+            },
+        }
+    shutil.rmtree(workdir / "convnext_hub", ignore_errors=True)  # disk: the big files exist 3 times
+    shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]), ignore_errors=True)
+    return row
+
+
+def print_rows(rows, runs):
+    print(f"\nnew process -> first logits (1x224x224), median of {runs}; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'checkpoint':34} {'side':11} {'total s':>8} {'import':>7} {'load':>7} {'forward':>8} {'peak MB':>8}")
+    for row in rows:
+        for side, r in [("timm", row["timm"])] + [(b, v["cached"]) for b, v in row["backends"].items()]:
+            print(f"{row['name']:34} {side:11} {r['total']:8.2f} {r['import']:7.2f} {r['load']:7.2f} "
+                  f"{r['forward']:8.2f} {r['peak_rss_mb']:8.0f}")
+        for b, v in row["backends"].items():
+            q, first = v["ratios"], v["first_load"]
+            print(f"  {b:10} cached load+forward {q['cached_load_forward']:.2f}x timm, whole process "
+                  f"{q['total']:.2f}x; first load (convert from HF cache) {first['load']:.2f} s = "
+                  f"{q['first_load']:.2f}x timm's create, peak +{first['load_peak_above_base_mb']:.0f} MB = "
+                  f"{q['first_load_peak_over_checkpoint']:.2f}x the {row['checkpoint_mb']:.0f} MB checkpoint; "
+                  f"first forward in that process {first['forward']:.2f} s, later {v['cached']['forward']:.2f} s; "
+                  f"torch imported: {v['cached']['torch_imported']}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["convnext_tiny"], help="registry names")
+    parser.add_argument("--models", nargs="+", default=["convnext_tiny", "convnextv2_huge"], help="registry names")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--backend", help="KERAS_BACKEND of the children")
-    parser.add_argument("--workdir", help="where the fake Hub, the HF cache and our cache live (default: a temp dir)")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--quick", action="store_true", help="convnext_tiny, one run: checks the benchmark works")
+    parser.add_argument("--workdir", help="where the fake Hub and the caches live (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.runs = ["convnext_tiny"], 1
 
-    import pytest  # noqa: F401  (tests.hub_server needs it)
+    import pytest
 
-    import checkpoints
     from tests.hub_server import LocalHub, configure_hub_env
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="convnext_hub-bench-"))
     mp = pytest.MonkeyPatch()
-    with LocalHub(workdir / "hub_store") as hub:
-        configure_hub_env(mp, hub.endpoint, workdir / "hf_home" / "hub")
-        env = {**os.environ, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub"), "PYTHONPATH": str(REPO_ROOT),
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
-        if args.backend:
-            env["KERAS_BACKEND"] = args.backend
-        rows = []
-        for name in args.models:
-            entry = checkpoints.resolve(name)
-            t0 = time.time()
-            source = write_random_safetensors(
-                entry["architecture"], entry["num_classes"], workdir / "source.safetensors")
-            made = time.time() - t0
-            size_mb = source.stat().st_size / 1e6
-            hub.add_commit(entry["hf_hub_id"], {"model.safetensors": source, "config.json": "{}"})
-            source.unlink()
-            timm_first = run_child(TIMM, entry["name"], env)  # downloads into huggingface_hub's cache
-            ours_first = run_child(OURS, name, env)  # converts from that cache into ours
-            timed = {"ours": [], "timm": []}
-            for _ in range(args.runs):
-                timed["ours"].append(run_child(OURS, name, env))
-                timed["timm"].append(run_child(TIMM, entry["name"], env))
-            rows.append((entry["name"], size_mb, made, timm_first, ours_first,
-                         median_run(timed["ours"]), median_run(timed["timm"])))
-            shutil.rmtree(workdir / "hf_home" / "hub", ignore_errors=True)  # disk: the big files exist 3 times
-            shutil.rmtree(workdir / "convnext_hub", ignore_errors=True)
-    mp.undo()
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report(rows, args, env.get("KERAS_BACKEND", "configured default"))
-
-
-def report(rows, args, backend):
-    print(f"\nnew process -> first logits (1x224x224), median of {args.runs}; Keras backend: {backend}; "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'checkpoint':42} {'side':5} {'total s':>8} {'import':>7} {'load':>7} {'forward':>8} {'peak MB':>8}")
-    for name, size_mb, made, timm_first, ours_first, ours, timm in rows:
-        for side, r in (("ours", ours), ("timm", timm)):
-            print(f"{name:42} {side:5} {r['total']:8.2f} {r['import']:7.2f} {r['load']:7.2f} {r['forward']:8.2f} "
-                  f"{r['peak_rss_mb']:8.0f}")
-        print(f"  timm / ours (total): {timm['total'] / ours['total']:.2f}x; load phase only: "
-              f"{timm['load'] / ours['load']:.2f}x; torch imported by ours: {ours['torch_imported']}")
-        print(f"  checkpoint {size_mb:.0f} MB, written in {made:.1f} s; first loads (cold caches): timm download + "
-              f"create {timm_first['total']:.2f} s, ours convert from HF cache {ours_first['total']:.2f} s "
-              f"(load phase {ours_first['load']:.2f} s, peak {ours_first['peak_rss_mb']:.0f} MB)")
+    try:
+        with LocalHub(workdir / "hub_store") as hub:
+            configure_hub_env(mp, hub.endpoint, workdir / "hf_home" / "hub")
+            rows = [measure(name, hub, workdir, args.backends, args.runs) for name in args.models]
+    finally:
+        mp.undo()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_rows(rows, args.runs)
+    payload = {"runs": args.runs, "quick": args.quick, "rows": rows}
+    print(f"wrote {report.write_json('load', payload)}")
+    groups = {f"{row['name'].split('.')[0]}\n{what}": {b: v["ratios"][key] for b, v in row["backends"].items()}
+              for row in rows for what, key in (("cached load+forward", "cached_load_forward"),
+                                                 ("whole process", "total"), ("first load", "first_load"),
+                                                 ("first-load peak / file", "first_load_peak_over_checkpoint"))}
+    chart = report.bar_chart("load", "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0)
+    if chart:
+        print(f"wrote {chart}")
 
 
 if __name__ == "__main__":

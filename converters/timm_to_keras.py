@@ -12,6 +12,7 @@ same caches, `--revision`, `HF_HUB_OFFLINE`, `HF_TOKEN`). DIR receives
 and nothing at all unless the whole conversion (and verification) succeeded.
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -161,7 +162,21 @@ def _convert(args, source):
     return model
 
 
+def _streams(args):
+    """True when the weights go straight from a local file into DIR (no model computes anything)."""
+    return (args.format == "weights" and not args.verify and not args.random_init
+            and args.source is not None and Path(args.source).exists())
+
+
+def _choose_backend(args):
+    """Streaming into a `.weights.h5` needs no backend computation and the file is the same on every
+    backend: use the one that imports fastest (JAX, when installed) unless Keras is imported already."""
+    if _streams(args) and "keras" not in sys.modules and importlib.util.find_spec("jax") is not None:
+        os.environ["KERAS_BACKEND"] = "jax"
+
+
 def _command(args):
+    _choose_backend(args)
     cli.start_frameworks(need_timm=bool(args.verify or args.random_init))
     from convnext_hub import saved_folder
 

@@ -1,21 +1,29 @@
-"""Inference on the torch backend without Keras' per-layer bookkeeping: the one place that uses Keras internals.
+"""Inference fast paths: what `model(x)` runs instead of Keras' per-layer call, on torch and on JAX.
 
-Keras' graph runner calls `Layer.__call__` for every layer (argument
+torch: Keras' graph runner calls `Layer.__call__` for every layer (argument
 standardisation, masks, autocast, name scopes) and keeps every intermediate
 alive to the end of the forward, so each new activation lands in fresh,
 page-faulting memory. Calling each layer's `call` in graph order and freeing
 each intermediate after its last use gives the same ops and the same results.
-
 It reads three private attributes of Keras' `Functional` (`_nodes_by_depth`,
 `Node.arguments.fill_in`, `_standardize_inputs`), checked against the Keras
 versions in `CHECKED_KERAS_VERSIONS`. Where they are missing, models run
-through Keras' own call (one logged notice). `CONVNEXT_HUB_FAST_PATH=0` turns
-the fast path off.
+through Keras' own call (one logged notice).
+
+JAX: outside a trace, Keras runs every op eagerly and JAX compiles each op
+for its shapes on first use. Here `model(x)` runs one compiled program of
+`model.stateless_call` instead (public Keras API; see `compiled_forward`, which
+also keeps it between processes). Its result equals Keras' own call up to
+float rounding (XLA fuses the whole forward).
+
+`CONVNEXT_HUB_FAST_PATH=0` turns both fast paths off.
 """
 import logging
 import os
 
 import keras
+
+from . import compiled_forward
 
 logger = logging.getLogger("convnext_hub")
 
@@ -26,12 +34,15 @@ _notice_given = False
 
 
 def enabled():
-    """False when `CONVNEXT_HUB_FAST_PATH` is 0 / false / off."""
+    """False when `CONVNEXT_HUB_FAST_PATH` is 0 / false / off / no."""
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+# --------------------------------------------------------------------------- torch: layer calls in graph order
+
+
 def applies(model, training, mask, kwargs):
-    """True where the fast path gives exactly Keras' result: torch, inference, no autocast, no quantization."""
+    """True where the torch fast path gives exactly Keras' result: torch, inference, no autocast, no quantization."""
     if training or mask is not None or kwargs or keras.backend.backend() != "torch" or not enabled():
         return False
     plain = all(
@@ -78,3 +89,28 @@ def run(model, inputs):
                 values.pop(id(t), None)
     outputs = [values[id(t)] for t in model.outputs]
     return outputs[0] if len(outputs) == 1 else outputs
+
+
+# --------------------------------------------------------------------------- JAX: one compiled program
+
+
+def compiles(model, inputs, training, mask, kwargs):
+    """True where `model(inputs)` runs as one compiled program: JAX, inference, on concrete arrays.
+
+    Inside a trace (`jax.jit`, `model.predict`, a transform of `stateless_call`)
+    the caller compiles already, so Keras' own call is traced; such programs
+    still go to the persistent compilation cache.
+    """
+    if keras.backend.backend() != "jax" or not enabled():
+        return False
+    compiled_forward.use_persistent_compilation_cache()
+    if training or mask is not None or kwargs:
+        return False
+    import jax
+
+    return not any(isinstance(x, (jax.core.Tracer, keras.KerasTensor)) for x in keras.tree.flatten(inputs))
+
+
+def run_compiled(model, inputs):
+    """`model(inputs)` in inference on JAX: one compiled program (see `compiled_forward`)."""
+    return compiled_forward.run(model, inputs)

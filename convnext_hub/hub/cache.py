@@ -1,21 +1,28 @@
-"""The converted-weights cache: each checkpoint converted once, then read without torch.
+"""The converted-weights cache: each checkpoint converted once, then loaded by Keras without torch.
 
 Layout under the cache root (`cache_dir=`, else `$CONVNEXT_HUB_CACHE`, else
 `~/.cache/convnext_hub`)::
 
-    entries/<name>/<key>/weights.safetensors   timm-keyed float32 weights, validated
-    entries/<name>/<key>/meta.json             source, versions, sha256 of the weights file
-    refs/<name>/<revision>                     the key a revision resolved to (for offline use)
-    refs/hf/<org>/<repo>/<revision>            the commit an `hf://` revision resolved to
+    entries/<name>/<key>/model.weights.h5      the converted model's Keras weights (`model.load_weights` reads it)
+    entries/<name>/<key>/meta.json             source, versions, head, size and xxh3-128 of the weights file
+    refs/<name>/<revision>                     entry refs: the entry key a revision resolved to (offline use)
+    commits/<org>/<repo>/<revision>            commit refs: the commit an `hf://` revision resolved to
     locks/<name>/<key>.lock                    held while one process converts
     tmp/                                       entries being written, renamed into place whole
+    jax/                                       JAX's persistent compilation cache (see `convnext_hub.fast_path`)
 
 `<key>` is `<etag of the source file>-c<CONVERTER_VERSION>-keras<keras version>`.
 An entry appears in one `os.replace`, so readers never see half of one, even
 where file locks do nothing; the lock only saves a second conversion.
+
+Integrity: a lookup checks `meta.json` and the file's size at once, and hashes
+the weights file (xxh3-128, gigabytes per second) in a background thread, so
+the hash overlaps the model build; `Cache.confirm` waits for it before the
+weights are used. A corrupt entry (any changed byte, a truncated file) is
+deleted and converted again.
 """
+import concurrent.futures
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -28,25 +35,26 @@ from pathlib import Path
 from urllib.parse import quote
 
 import keras
+import xxhash
 from filelock import FileLock, Timeout
 
-from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
+
+from ..cache_root import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "model.weights.h5"
 META_FILE = "meta.json"
 STALE_TMP_SECONDS = 24 * 3600  # temp dirs left by killed processes are removed after this
+_HASH_CHUNK = 16 << 20
+_hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convnext_hub-verify")
+
+__all__ = ["Cache", "CacheNotWritableError", "Entry", "Refs", "default_cache_dir", "entry_key", "xxh3_file"]
 
 
 class CacheNotWritableError(OSError):
     """The cache directory cannot be created or written."""
-
-
-def default_cache_dir():
-    """`$CONVNEXT_HUB_CACHE`, else `~/.cache/convnext_hub`."""
-    return os.environ.get("CONVNEXT_HUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convnext_hub")
 
 
 def entry_key(etag):
@@ -54,25 +62,72 @@ def entry_key(etag):
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', etag)}-c{CONVERTER_VERSION}-keras{keras.__version__}"
 
 
-def sha256_file(path, chunk_bytes=8 << 20):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
+def is_current_key(key):
+    """True for a key made by `entry_key` with the converter and Keras versions in force now."""
+    return key.endswith(entry_key(""))
+
+
+def xxh3_file(path):
+    """Hex xxh3-128 of a file, read in chunks into one reused buffer (both release the GIL)."""
+    digest = xxhash.xxh3_128()
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A verified cache entry."""
+    """A cache entry: its folder, its `meta.json`, and the pending check of its weights' hash."""
 
     path: Path
     meta: dict
+    verification: concurrent.futures.Future
 
-    def state_dict(self):
-        """The cached `{timm key: float32 array}`; each tensor is read when used (one in memory at a time)."""
-        return read_safetensors(os.fspath(self.path / WEIGHTS_FILE), lazy=True)
+    @property
+    def weights_file(self):
+        return self.path / WEIGHTS_FILE
+
+    def problem(self):
+        """None when the weights file hashes to what `meta.json` records, else what is wrong (waits)."""
+        return self.verification.result()
+
+
+class Refs:
+    """Names resolved to values, one small file per `(name, revision)`, each written in one `os.replace`.
+
+    The cache keeps two of them: entry refs (revision -> entry key, so that an
+    offline load finds the entry a branch last had) and commit refs (revision
+    -> commit of an `hf://` repo, so that an offline load finds its snapshot in
+    huggingface_hub's cache).
+    """
+
+    def __init__(self, root):
+        self.root = root
+
+    def read(self, name, revision):
+        """What `write` last recorded for `revision` of `name`, or None."""
+        try:
+            return self._path(name, revision).read_text().strip() or None
+        except OSError:
+            return None
+
+    def write(self, name, revision, value):
+        """Record `value` for `revision` of `name`; skipped (logged) in a read-only cache."""
+        ref = self._path(name, revision)
+        try:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".ref.", dir=ref.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+            os.replace(tmp, ref)
+        except OSError as e:
+            logger.debug("could not write cache ref %s (%s)", ref, e)
+
+    def _path(self, name, revision):
+        return self.root / name / quote(revision, safe="")
 
 
 class Cache:
@@ -80,61 +135,56 @@ class Cache:
 
     def __init__(self, root=None):
         self.root = Path(root if root is not None else default_cache_dir()).expanduser().absolute()
+        self.entry_refs = Refs(self.root / "refs")
+        self.commit_refs = Refs(self.root / "commits")
 
-    def lookup(self, name, key):
-        """The entry `name`/`key` if present and intact; a corrupt one is deleted (with a warning)."""
+    def lookup(self, name, key, wait=True):
+        """The entry `name`/`key` if present and whole, else None; a corrupt one is deleted (warning).
+
+        With `wait=False` the hash check runs on in the background: pass the
+        entry to `confirm` before reading its weights.
+        """
         path = self.root / "entries" / name / key
         if not path.is_dir():
             return None
-        meta, problem = _read_verified(path)
-        if problem is None:
-            return Entry(path, meta)
-        logger.warning("%s: corrupt cache entry (%s); deleting it and converting again", path, problem)
-        self._discard(path)
-        return None
+        meta, problem = _read_meta(path)
+        if problem is not None:
+            self._reject(path, problem)
+            return None
+        entry = Entry(path, meta, _hasher.submit(_hash_problem, path / WEIGHTS_FILE, meta["weights_xxh3"]))
+        return entry if not wait or self.confirm(entry) else None
 
-    def lookup_ref(self, name, revision):
-        """The intact entry `revision` of `name` last resolved to, or None.
+    def confirm(self, entry):
+        """True when `entry`'s weights hash as recorded; else the entry is deleted (warning) and False."""
+        problem = entry.problem()
+        if problem is not None:
+            self._reject(entry.path, problem)
+        return problem is None
 
-        Refs written by another converter or Keras version are ignored: their
-        entries are not this version's conversion.
+    def lookup_revision(self, name, revision, wait=True):
+        """The entry `revision` of `name` last resolved to, or None (see `lookup`).
+
+        Entry refs naming an entry of another converter or Keras version are
+        ignored: that entry is not this version's conversion.
         """
-        key = self.read_ref(name, revision)
-        return self.lookup(name, key) if key and key.endswith(entry_key("")) else None
+        key = self.entry_refs.read(name, revision)
+        return self.lookup(name, key, wait) if key and is_current_key(key) else None
 
     def recorded_commit(self, name, revision):
         """The source commit of the entry `revision` last resolved to, even one of another converter version."""
-        key = self.read_ref(name, revision)
+        key = self.entry_refs.read(name, revision)
         try:
             return json.loads((self.root / "entries" / name / key / META_FILE).read_text())["source"]["revision"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def read_ref(self, name, revision):
-        """What `write_ref` last recorded for `revision` of `name`, or None."""
-        try:
-            return self._ref_path(name, revision).read_text().strip() or None
-        except OSError:
-            return None
+    def store(self, name, key, write):
+        """The entry `name`/`key`, made by `write(folder) -> meta` unless another process did.
 
-    def write_ref(self, name, revision, key):
-        """Record that `revision` of `name` resolves to `key` (an entry key, or a commit for `hf://` repos);
-        skipped (logged) in a read-only cache."""
-        ref = self._ref_path(name, revision)
-        try:
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ref.", dir=ref.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(key)
-            os.replace(tmp, ref)
-        except OSError as e:
-            logger.debug("could not write cache ref %s (%s)", ref, e)
-
-    def store(self, name, key, convert):
-        """The entry `name`/`key`, made by `convert() -> (state_dict, meta)` unless another process did.
-
-        `convert` runs at most once per key at a time (file lock); the entry is
-        written into `tmp/`, fsynced and renamed into place.
+        `write` puts `WEIGHTS_FILE` into `folder` and returns the entry's
+        metadata; it runs at most once per key at a time (file lock). The entry
+        is written into `tmp/`, fsynced and renamed into place; on any error
+        nothing of it stays behind.
         """
         lock_dir = self._make_dir(self.root / "locks" / name)
         lock = FileLock(os.fspath(lock_dir / f"{key}.lock"))
@@ -147,18 +197,11 @@ class Cache:
         except OSError as e:
             raise self._not_writable(lock.lock_file, e) from e
         try:
-            entry = self.lookup(name, key)
-            if entry is None:
-                state_dict, meta = convert()
-                entry = self._write(name, key, state_dict, meta)
-            return entry
+            return self.lookup(name, key) or self._write(name, key, write)
         finally:
             lock.release()
 
     # ---- internals
-
-    def _ref_path(self, name, revision):
-        return self.root / "refs" / name / quote(revision, safe="")
 
     def _make_dir(self, path):
         try:
@@ -188,15 +231,13 @@ class Cache:
         except OSError as e:
             raise self._not_writable(tmp_root, e) from e
 
-    def _write(self, name, key, state_dict, meta):
-        from safetensors.numpy import save_file
-
+    def _write(self, name, key, write):
         tmp = self._new_tmp_dir(key)
         final = self._make_dir(self.root / "entries" / name) / key
         try:
+            meta = write(tmp)
             weights = tmp / WEIGHTS_FILE
-            save_file(state_dict, os.fspath(weights))
-            meta = {**meta, "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size}
+            meta = {**meta, "weights_xxh3": xxh3_file(weights), "weights_bytes": weights.stat().st_size}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             for path in (weights, tmp / META_FILE, tmp):
                 _fsync(path)
@@ -206,40 +247,61 @@ class Cache:
                 if not final.is_dir():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another process renamed its copy first
-                return self.lookup(name, key) or self._write(name, key, state_dict, meta)
+                return self.lookup(name, key) or self._write(name, key, write)
             _fsync(final.parent)
         except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(error, OSError) or type(error).__name__ == "SafetensorError":  # e.g. disk full
+            if isinstance(error, OSError) and not isinstance(error, CacheNotWritableError):  # e.g. disk full
                 raise self._not_writable(tmp, error) from error
             raise
         logger.info("cached converted weights of %s in %s", name, final)
-        return Entry(final, meta)
+        done = concurrent.futures.Future()
+        done.set_result(None)  # hashed just now
+        return Entry(final, meta, done)
+
+    def _reject(self, path, problem):
+        logger.warning("%s: corrupt cache entry (%s); deleting it and converting again", path, problem)
+        self._discard(path)
 
     def _discard(self, path):
         """Delete an entry: renamed away first, so no reader sees it half deleted."""
         try:
             doomed = self._new_tmp_dir(path.name + ".discard")
             os.replace(path, doomed / path.name)
+        except FileNotFoundError:
+            return  # another process discarded it first
         except OSError as e:
             raise self._not_writable(path, e) from e
         shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _read_verified(path):
-    """`(meta, None)` for an intact entry, else `(None, what is wrong)`."""
+def _read_meta(path):
+    """`(meta, None)` when `meta.json` is readable and the weights file has its recorded size,
+    else `(None, what is wrong)`."""
     try:
         meta = json.loads((path / META_FILE).read_text())
-        expected = meta["weights_sha256"]
+        expected_hash, expected_bytes = meta["weights_xxh3"], meta["weights_bytes"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return None, f"unreadable {META_FILE}: {e}"
     try:
-        actual = sha256_file(path / WEIGHTS_FILE)
+        size = (path / WEIGHTS_FILE).stat().st_size
     except OSError as e:
         return None, f"unreadable {WEIGHTS_FILE}: {e}"
-    if actual != expected:
-        return None, f"{WEIGHTS_FILE} has sha256 {actual[:12]}..., {META_FILE} records {str(expected)[:12]}..."
+    if size != expected_bytes:
+        return None, f"{WEIGHTS_FILE} has {size} bytes, {META_FILE} records {expected_bytes}"
+    if not isinstance(expected_hash, str):
+        return None, f"{META_FILE} records no hash"
     return meta, None
+
+
+def _hash_problem(weights, expected):
+    try:
+        actual = xxh3_file(weights)
+    except OSError as e:
+        return f"unreadable {WEIGHTS_FILE}: {e}"
+    if actual != expected:
+        return f"{WEIGHTS_FILE} has xxh3 {actual[:12]}..., {META_FILE} records {expected[:12]}..."
+    return None
 
 
 def _fsync(path):

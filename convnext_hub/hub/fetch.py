@@ -3,6 +3,7 @@
 Everything goes through `huggingface_hub` (its cache, progress bars,
 `HF_ENDPOINT`, `HF_HUB_OFFLINE`, tokens).
 """
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,8 +19,6 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
 )
-
-from .cache import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +97,15 @@ def from_hf_cache(repo_id, filenames, revision):
             continue
         return RemoteFile(repo_id, filename, Path(path).parent.name, _etag_of_cached(path)), path
     return None
+
+
+def sha256_file(path, chunk_bytes=8 << 20):
+    """Hex sha256 of a file, read in chunks: the Hub's etag of an LFS file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _etag_of_cached(path):

@@ -3,63 +3,131 @@ import datetime
 import logging
 import os
 import re
+from dataclasses import dataclass, field
+from typing import Callable
 
 import keras
 
-from converters.conversion import checkpoint_num_classes, convert, export_timm_state_dict
+from converters.conversion import convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
-from .cache import entry_key
+from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, read_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
 
 def from_registry(entry, cache, revision=None, token=None, local_files_only=False):
-    """Weights of registry `entry`: from the cache, else downloaded and converted once.
+    """Weights of registry `entry`: from the cache, else converted once from huggingface_hub's cache.
 
-    Online, one HEAD request per weight file tried finds the file's etag, which
-    names the cache entry. Offline or with the Hub unreachable, the entry last
-    recorded for `revision` is used, else the source file in huggingface_hub's
-    cache, else WeightsUnavailableError says what is missing.
+    Where the weights come from, in the order the code asks:
+
+    | Situation                                          | Weights from                                   |
+    | -------------------------------------------------- | ---------------------------------------------- |
+    | offline (`HF_HUB_OFFLINE=1`, `local_files_only`)   | the entry recorded for `revision` (entry refs) |
+    | or `revision` a commit (a commit never changes)    |                                                |
+    | online                                             | the entry of the etag the Hub gives now (one   |
+    |                                                    | HEAD request per weight file tried), converted |
+    |                                                    | from the download when missing                 |
+    | the Hub cannot be reached                          | the entry recorded for `revision`              |
+    | none of the above                                  | huggingface_hub's cache, at the commit         |
+    |                                                    | `revision` last resolved to, converted into an |
+    |                                                    | entry                                          |
+
+    Else WeightsUnavailableError says what is missing. The entry's hash is
+    checked in the background while the caller builds the model (see
+    `CachedWeights`).
     """
     name, revision = entry["name"], revision or "main"
     offline = fetch.is_offline(local_files_only)
-    hit = cache.lookup_ref(name, revision) if offline or _is_commit(revision) else None
+    hit = None
+    if offline or _is_commit(revision):
+        hit = cache.lookup_revision(name, revision, wait=False)
     if hit is None and not offline:
-        hit = _from_hub(entry, cache, revision, token)
+        remote = _locate(entry, revision, token)
+        if remote is not None:
+            hit = _cached_conversion(entry, cache, revision, remote, lambda: fetch.download(remote, token))
+        else:
+            hit = cache.lookup_revision(name, revision, wait=False)
+            logger.warning("%s: %s", entry["hf_hub_id"], f"using the cached conversion {hit.path}" if hit else
+                           "looking in huggingface_hub's cache")
     if hit is None:  # downloads are by commit, so look for the commit `revision` last had
         hit = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
-    meta = hit.meta
-    return Weights(
-        architecture=meta["architecture"],
-        num_classes=meta["num_classes"],
-        pretrained_cfg={**entry, "source": meta["source"]},
-        source=str(hit.path),
-        state_dict=hit.state_dict(),
-    )
+    return CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only))
+
+
+@dataclass
+class CachedWeights(Weights):
+    """Weights in a cache entry whose hash check may still be running.
+
+    The check is confirmed before the weights are read; a corrupt entry is
+    deleted and the weights come from `rebuild()` (a new conversion) instead.
+    The entry's head is known from its metadata, so its file goes straight to
+    Keras' `load_weights` (no probing of the file, no second model).
+    """
+
+    entry: Entry | None = None
+    cache: Cache | None = None
+    rebuild: Callable[[], Weights] | None = None
+    _confirmed: Weights | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def of(cls, registry_entry, hit, cache, rebuild):
+        meta = hit.meta
+        return cls(
+            architecture=meta["architecture"],
+            num_classes=meta["num_classes"],
+            pretrained_cfg={**registry_entry, "source": meta["source"]},
+            source=str(hit.path),
+            keras_file=str(hit.weights_file),
+            stored_config={"num_classes": meta["num_classes"], "include_top": True, "features_only": False},
+            entry=hit,
+            cache=cache,
+            rebuild=rebuild,
+        )
+
+    def confirmed(self):
+        """These weights once the entry's hash checks out, else the weights of a new conversion."""
+        if self._confirmed is None:
+            self._confirmed = self if self.cache.confirm(self.entry) else self.rebuild()
+        return self._confirmed
+
+    def load_into(self, model):
+        """Keras' own `load_weights` of the entry when `model` has the stored head, else through timm keys."""
+        weights = self.confirmed()
+        if weights is not self:
+            return weights.load_into(model)
+        if all(getattr(model, flag) == stored for flag, stored in self.stored_config.items()):
+            model.load_weights(self.keras_file)  # the entry holds exactly this model's weights
+        else:
+            load_timm_state_dict(model, self.timm_state_dict(), source=self.source)
+        return model
+
+    def timm_state_dict(self):
+        weights = self.confirmed()
+        if weights is not self:
+            return weights.timm_state_dict()
+        if self.state_dict is None:
+            stored = self.build(**self.stored_config)
+            stored.load_weights(self.keras_file)
+            self.state_dict = export_timm_state_dict(stored)
+        return self.state_dict
 
 
 def _is_commit(revision):
     return re.fullmatch(r"[0-9a-f]{40}", revision) is not None
 
 
-def _from_hub(entry, cache, revision, token):
-    """The cache entry for the weight file `revision` has now; None if the Hub cannot be reached."""
-    repo_id = entry["hf_hub_id"]
+def _locate(entry, revision, token):
+    """The weight file `revision` of `entry`'s repo has now, or None (logged) when the Hub cannot be reached."""
     try:
-        remote = fetch.locate(repo_id, fetch.weight_files(entry["name"]), revision, token)
+        return fetch.locate(entry["hf_hub_id"], fetch.weight_files(entry["name"]), revision, token)
     except Exception as e:
         if not fetch.is_unreachable(e):
             raise
-        hit = cache.lookup_ref(entry["name"], revision)
-        logger.warning(
-            "%s: the Hub cannot be reached (%s: %s); %s", repo_id, type(e).__name__, e,
-            f"using the cached conversion {hit.path}" if hit else "looking in huggingface_hub's cache",
-        )
-        return hit
-    return _cached_conversion(entry, cache, revision, remote, lambda: fetch.download(remote, token))
+        logger.warning("%s: the Hub cannot be reached (%s: %s)", entry["hf_hub_id"], type(e).__name__, e)
+        return None
 
 
 def _from_hf_cache(entry, cache, revision, offline):
@@ -79,35 +147,38 @@ def _from_hf_cache(entry, cache, revision, offline):
 
 
 def _cached_conversion(entry, cache, revision, remote, local_path):
-    """The cache entry of `remote`, converting `local_path()` into it when missing."""
+    """The cache entry of `remote` (hash check pending), converting `local_path()` into it when missing."""
     name, key = entry["name"], entry_key(remote.etag)
-    hit = cache.lookup(name, key) or cache.store(name, key, lambda: convert_source(local_path(), entry, remote))
+    hit = cache.lookup(name, key, wait=False) or cache.store(
+        name, key, lambda folder: convert_source(local_path(), entry, remote, folder))
     for ref in {revision, remote.commit}:
-        cache.write_ref(name, ref, key)
+        cache.entry_refs.write(name, ref, key)
     return hit
 
 
-def convert_source(path, entry, remote):
-    """`(state_dict, meta)` for the cache: the source converted strictly, exported back to timm keys."""
+def convert_source(path, entry, remote, folder):
+    """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`; the entry's metadata.
+
+    The weights stream from the checkpoint into the Keras weights file one
+    tensor at a time (`converters.convert_to_weights_file`): the model is a
+    shell that never holds them, so a conversion adds little to the memory of
+    the load that follows.
+    """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    state_dict = read_timm_state_dict(path)
-    model = convert(state_dict, entry["architecture"], source=path)
-    keys, num_classes = set(state_dict), checkpoint_num_classes(state_dict)
-    del state_dict  # peak memory: the model and its export, not three copies
-    exported = {k: v for k, v in export_timm_state_dict(model).items() if k in keys}
-    meta = {
+    shell = convert_to_weights_file(
+        read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE), arch=entry["architecture"], source=path)
+    return {
         "name": entry["name"],
         "architecture": entry["architecture"],
-        "num_classes": num_classes,
+        "num_classes": shell.num_classes,
         "source": remote.as_dict(),
         "converter_version": CONVERTER_VERSION,
         "keras_version": keras.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
-    return exported, meta
 
 
 def _require_torch(remote):
