@@ -378,6 +378,7 @@ def test_readme_block_runs(block, readme_hub, tmp_path):
 def test_every_table_entry_is_used():
     """A substitution that matches nothing, a free name no block uses, an unused file or repo: the table rotted."""
     runnable = [b for b in BLOCKS if b.runnable]
+    assert {b.lang for b in runnable} == {"python", "shell"}, f"the README's blocks were not found: {BLOCKS}"
     python = [b for b in runnable if b.lang == "python"]
     unused = [f"SUBSTITUTIONS: {old!r} matches no runnable block" for old, _, _ in SUBSTITUTIONS
               if not any(old in b.code for b in runnable)]
