@@ -56,7 +56,7 @@ def main(argv=None):
     import timm  # noqa: F401
     import pytest
 
-    from tests import test_faults as faults
+    from tests import faults
     from tests.hub_server import LocalHub, configure_hub_env
 
     work = Path(tempfile.mkdtemp(prefix="convnext_faults_"))

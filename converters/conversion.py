@@ -6,6 +6,7 @@ import math
 
 import keras
 import numpy as np
+from tqdm.auto import tqdm
 
 from convnext_hub.families import create_from_structure, create_model
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
@@ -126,8 +127,6 @@ def _streaming_saver(layer, values, bar):
 
 def _progress_bar(plan):
     """A progress bar over the tensors of `plan` (iterate it, or call `update()` per tensor)."""
-    from tqdm.auto import tqdm
-
     # disable=None: no bar when stderr is not a terminal (a redirected bar runs into the next log line)
     return tqdm(plan, total=len(plan), desc="weights", unit="tensor", leave=False, disable=None)
 

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import huggingface_hub
+
 from checkpoints import NON_COMMERCIAL_LICENSES
 
 from . import cli
@@ -148,8 +150,6 @@ def publish(name, repo_id, *, private=False, revision=None, dry_run=None, cache_
     if dry_run is not None:
         write_folder(name, dry_run, revision=revision, cache_dir=cache_dir, token=token, repo_id=repo_id)
         return str(dry_run)
-    import huggingface_hub
-
     with tempfile.TemporaryDirectory(prefix="convnext_hub-publish-") as folder:
         write_folder(name, folder, revision=revision, cache_dir=cache_dir, token=token, repo_id=repo_id)
         api = huggingface_hub.HfApi(token=token)

@@ -6,11 +6,13 @@ safetensors, PyTorch zip or legacy pickles (through `torch.load` with
 checkpoints and Hugging Face / timm model folders. Floating tensors come back
 as float32 (float16 and bfloat16 are widened exactly); other dtypes keep theirs.
 """
+import argparse
 import json
 import logging
 import math
 import mmap
 import os
+import pickle
 import re
 import struct
 
@@ -323,8 +325,6 @@ def read_torch_pickle(path, zipped=True):
     cannot turn it off (torch only lets that variable override an unset argument).
     `argparse.Namespace` (the `args` entry of training checkpoints) is allowed.
     """
-    import argparse
-    import pickle
 
     torch = _import_torch(path)
     # torch.load hands paths ending in .safetensors to safetensors: pass those as a file object.

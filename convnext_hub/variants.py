@@ -4,6 +4,8 @@ Each entry holds exactly the structural arguments of `convnext_hub.ConvNeXt`.
 Values follow timm's `convnext.py` model functions; `tests/test_models.py`
 checks parameter counts and weight shapes against timm for every entry.
 """
+import difflib
+import fnmatch
 
 _V1 = dict(use_grn=False, layer_scale_init_value=1e-6)
 _V2 = dict(use_grn=True, layer_scale_init_value=None)
@@ -112,8 +114,6 @@ V2_VARIANTS = _family("convnextv2_", ("atto", "femto", "pico", "nano", "tiny", "
 
 def list_models(pattern=None):
     """Sorted architecture names, optionally filtered by an fnmatch `pattern`."""
-    import fnmatch
-
     names = sorted(ARCHITECTURES)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
@@ -121,8 +121,6 @@ def list_models(pattern=None):
 def architecture(name):
     """A copy of the structural arguments of architecture `name`."""
     if name not in ARCHITECTURES:
-        import difflib
-
         close = difflib.get_close_matches(name, ARCHITECTURES, n=3)
         hint = f" Did you mean {close}?" if close else ""
         raise ValueError(f"Unknown architecture. Received: model_name={name!r}.{hint} Accepted: {list_models()}")

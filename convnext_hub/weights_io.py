@@ -8,6 +8,8 @@ import logging
 import zipfile
 from pathlib import Path
 
+import h5py
+
 from . import saved_folder
 from .model import HEAD_LAYERS, zeros_initialized
 from .variants import structure_mismatches, structure_of
@@ -55,8 +57,6 @@ def _stored_head(model, path, model_config):
     """
     if model_config is not None:
         return {key: model_config.get(key, default) for key, default in HEAD_DEFAULTS.items()}
-    import h5py
-
     total = 0
 
     def visit(name, obj):
