@@ -31,7 +31,8 @@ def _make_divisible(value, divisor=8):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate):
+def check_input_shape(input_shape):
+    """`input_shape` must be (height, width, 3), each side None or an int >= `MIN_INPUT_SIZE`."""
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(
             "`input_shape` must be (height, width, 3), with height and width an int "
@@ -43,6 +44,10 @@ def _validate(input_shape, pooling, out_indices, num_classes, features_only, dro
                 f"`input_shape` height and width must be None or an int >= {MIN_INPUT_SIZE}. "
                 f"Received: input_shape={input_shape!r}"
             )
+
+
+def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate):
+    check_input_shape(input_shape)
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
     for argument, rate in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate)):
@@ -133,20 +138,13 @@ class ConvNeXt(keras.Model):
         input_shape = tuple(input_shape)
         out_indices = tuple(out_indices)
         _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate)
-        builder = _Builder(norm, norm_eps, dtype)
+        builder = Builder(norm, norm_eps, dtype)
 
         inputs = keras.Input(shape=input_shape, name="images")
-        x = builder.stem(inputs, stem_type, dims[0])
-        rates = iter(drop_path_rates(depths, drop_path_rate))
-        stage_outputs = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            if i > 0:
-                x = builder.downsample(x, i, dim)
-            for j in range(depth):
-                x = builder.block(
-                    x, f"stages_{i}_blocks_{j}", kernel_size, use_grn, layer_scale_init_value, next(rates)
-                )
-            stage_outputs.append(x)
+        stage_outputs = builder.stages(
+            inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value, drop_path_rate
+        )
+        x = stage_outputs[-1]
 
         if features_only:
             outputs = [stage_outputs[i] for i in out_indices]
@@ -270,8 +268,12 @@ def _weight_init():
     return dict(kernel_initializer=kernel_initializer(), bias_initializer="zeros")
 
 
-class _Builder:
-    """Creates the named layers of one model with a shared norm kind and dtype."""
+class Builder:
+    """Creates the named layers of one model with a shared norm kind and dtype.
+
+    Public so that other model classes (the keras-hub backbone and classifier)
+    build the very same layers, with the same names and therefore the same weights.
+    """
 
     def __init__(self, norm, norm_eps, dtype):
         self.norm_kind = norm
@@ -308,6 +310,20 @@ class _Builder:
         x = self.conv(dim, 3, 2, f"stem_{index}")(x)
         return self.norm(f"stem_{index + 1}")(x)
 
+    def stages(self, inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value,
+               drop_path_rate):
+        """The stem and the four stages on `inputs`: the last feature map of each stage (strides 4 ... 32)."""
+        x = self.stem(inputs, stem_type, dims[0])
+        rates = iter(drop_path_rates(depths, drop_path_rate))
+        stage_outputs = []
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            if i > 0:
+                x = self.downsample(x, i, dim)
+            for j in range(depth):
+                x = self.block(x, f"stages_{i}_blocks_{j}", kernel_size, use_grn, layer_scale_init_value, next(rates))
+            stage_outputs.append(x)
+        return stage_outputs
+
     def downsample(self, x, stage, dim):
         x = self.norm(f"stages_{stage}_downsample_0")(x)
         return self.conv(dim, 2, 2, f"stages_{stage}_downsample_1")(x)
@@ -335,12 +351,12 @@ class _Builder:
         layer = keras.layers.GlobalAveragePooling2D if kind == "avg" else keras.layers.GlobalMaxPooling2D
         return layer(name="head_global_pool", dtype=self.dtype)(x)
 
-    def head(self, x, head_norm_first, head_hidden_size, dropout_rate, num_classes, activation):
+    def head(self, x, head_norm_first, head_hidden_size, dropout_rate, num_classes, activation, pooling="avg"):
         if head_norm_first:
             x = self.norm("norm_pre")(x)
-            x = self.pool(x)
+            x = self.pool(x, pooling)
         else:
-            x = self.pool(x)
+            x = self.pool(x, pooling)
             x = self.norm("head_norm")(x)
             if head_hidden_size:
                 x = Dense(
