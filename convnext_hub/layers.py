@@ -236,8 +236,9 @@ class Dense(keras.layers.Dense):
 
     torch: one `linear` (matmul + bias), and outside autograd a GELU applied in
     place on its result, which nothing else holds. TensorFlow: a 2-D `matmul`,
-    `bias_add` and the activation, the pattern oneDNN fuses into one kernel in a
-    `tf.function` (2x faster than Keras' batched matmul, add and GELU). JAX: exact
+    `bias_add` and the activation (GELU in its erf form), the pattern oneDNN fuses
+    into one kernel in a `tf.function` (2x faster than Keras' batched matmul, add and
+    GELU), reshaped back to a constant shape where at most one size is unknown. JAX: exact
     GELU as `x/2 * (1 + erf(x/sqrt(2)))`, torch's formula; `jax.nn.gelu` goes through
     `erfc`, whose XLA expansion makes the GELU fusion compute-bound (H200 bf16:
     convnext_tiny 15.0k img/s against 12.8k).
@@ -254,6 +255,15 @@ class Dense(keras.layers.Dense):
         if backend == "jax" and self.activation is keras.activations.gelu:
             return self._jax_gelu_call(inputs)
         return super().call(inputs, training=training)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras' Dense quantization (`model.quantize("int8")`).
+
+        Keras skips subclasses of Dense by default (`type_check`), with only a
+        warning, because a subclass may own other weights; this one has exactly
+        Dense's, and in quantized mode `call` hands over to Keras' quantized call.
+        """
+        super().quantize(mode, type_check=False, config=config)
 
     def _jax_gelu_call(self, inputs):
         from jax import lax
@@ -278,5 +288,16 @@ class Dense(keras.layers.Dense):
 
         kernel = self.kernel.value
         rows = tf.reshape(inputs, (-1, kernel.shape[0]))
-        y = self.activation(tf.nn.bias_add(tf.matmul(rows, kernel), self.bias.value))
-        return tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[1]]], axis=0))
+        y = tf.nn.bias_add(tf.matmul(rows, kernel), self.bias.value)
+        if self.activation is keras.activations.gelu:
+            # tf.nn.gelu's erfc has no ONNX op (tf2onnx writes a graph onnxruntime rejects); this
+            # order of the erf form is the one oneDNN fuses and LiteRT maps to its GELU builtin.
+            y = (y * 0.5) * (1.0 + tf.math.erf(y * _SQRT_HALF))
+        else:
+            y = self.activation(y)
+        leading = inputs.shape[:-1]
+        if sum(side is None for side in leading) > 1:  # unknown sizes: read them at run time
+            return tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[1]]], axis=0))
+        # A constant target shape: exported graphs then need no shape arithmetic, which LiteRT's
+        # XNNPack delegate cannot take (each one splits the graph).
+        return tf.reshape(y, [-1 if side is None else side for side in leading] + [kernel.shape[1]])

@@ -19,6 +19,7 @@ BACKEND_MODULES = [
     "tests/test_preprocessing.py",
     "tests/test_finetune.py",
     "tests/test_keras_hub.py",
+    "tests/test_export.py",
 ]
 
 
