@@ -44,7 +44,6 @@ REPRESENTATIVE = [
     "convnext_atto", "convnextv2_atto", "convnext_atto_ols", "convnext_atto_rms", "convnext_tiny_hnf",
     "convnext_large_mlp",
 ]
-SLOW = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 PRESET_FILES = {
     "config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5", "preprocessor.json",
     "image_converter.json", "README.md",
@@ -126,7 +125,7 @@ def test_custom_geometry_equals_timm():
 
 
 @pytest.mark.backend_independent
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in ARCHITECTURES])
+@pytest.mark.parametrize("arch", ARCHITECTURES)  # shapes only: the biggest take a second
 def test_every_architecture_has_convnext_weights(arch):
     """The keras-hub task of every architecture holds exactly ConvNeXt's weights: names and shapes."""
     def named_shapes(layers):
