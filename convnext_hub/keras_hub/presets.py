@@ -94,7 +94,7 @@ def model_card(model_or_task, *, equivalence=None, repo_id=None):
         "",
         *(
             [f'classifier = keras_hub.models.ImageClassifier.from_preset("{uri}")',
-             "classifier.predict(images)  # uint8 / 0..255 images of any size: timm's eval transform is built in",
+             "classifier.predict(images)  # 0..255 images, any size (one per batch): timm's eval transform is built in",
              f'finetune = keras_hub.models.ImageClassifier.from_preset("{uri}", num_classes=10)  # fresh head']
             if is_task else []
         ),
