@@ -18,7 +18,7 @@ device kind; so a changed model, package or JAX never reuses a stale program.
 Compiled executables go to JAX's persistent compilation cache under
 `<convnext_hub cache>/jax/<jax version>/xla/` (see
 `use_persistent_compilation_cache`), unless the user pointed JAX at another
-directory. `CONVNEXT_HUB_JAX_COMPILE_CACHE=0` keeps both caches off.
+directory; the forward's executable is kept however fast it compiled. `CONVNEXT_HUB_JAX_COMPILE_CACHE=0` keeps both caches off.
 """
 import functools
 import hashlib
@@ -41,7 +41,7 @@ logger = logging.getLogger("convnext_hub")
 CACHE_SWITCH = "CONVNEXT_HUB_JAX_COMPILE_CACHE"
 PROGRAM_SUFFIX = ".jax_exported"
 UNRELATED_ARGUMENTS = ("self", "args", "kwargs", "name", "pretrained_cfg")  # no effect on the program
-_programs = weakref.WeakKeyDictionary()  # model -> {input signature -> compiled callable}
+_programs = weakref.WeakKeyDictionary()  # model -> {argument signature -> compiled callable}
 _unwritable = set()  # cache folders found unwritable (said once)
 
 
@@ -61,9 +61,9 @@ def use_persistent_compilation_cache():
     """On JAX, keep compiled executables in `cache_dir()/xla`; the directory in use, or None.
 
     Left alone when the user pointed JAX at a directory or turned caching off.
-    Otherwise every program is kept, however quick its compilation (JAX's
-    default keeps only those over a second): a new process then also skips
-    the small compilations of a model's build.
+    JAX's own threshold stays: only programs that took long to compile are
+    kept (writing an entry costs more than compiling a small program again);
+    the forward program is kept whatever its time (see `_compiled`).
     """
     if keras.backend.backend() != "jax" or not caching_enabled():
         return None
@@ -75,7 +75,6 @@ def use_persistent_compilation_cache():
     path = _writable(cache_dir() / "xla")
     if path is not None:
         jax.config.update("jax_compilation_cache_dir", os.fspath(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return path
 
 
@@ -84,7 +83,7 @@ def run(model, inputs):
     import jax
 
     args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], inputs)
-    signature = _signature(inputs)
+    signature = (len(args[0]), _signature(args))  # a variable made (non-)trainable changes the arguments
     programs = _programs.setdefault(model, {})
     program = programs.get(signature)
     if program is None:
@@ -130,8 +129,7 @@ def _program(model, args):
     folder = cache_dir() / "programs"
     path = folder / f"{program_key(model, args)}{PROGRAM_SUFFIX}"
     try:
-        exported = jax.export.deserialize(bytearray(path.read_bytes()))
-        return jax.jit(exported.call)
+        return _compiled(jax.export.deserialize(bytearray(path.read_bytes())), args)
     except FileNotFoundError:
         pass
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file: export again
@@ -144,7 +142,19 @@ def _program(model, args):
         return jitted
     if _writable(folder) is not None:
         _write_atomically(path, exported.serialize())
-    return jax.jit(exported.call)
+    return _compiled(exported, args)
+
+
+def _compiled(exported, args):
+    """`exported` compiled for `args`, the executable kept in the persistent cache however fast it compiled."""
+    import jax
+
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        return jax.jit(exported.call).lower(*args).compile()
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
 
 
 def _description(model):

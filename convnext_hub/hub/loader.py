@@ -5,7 +5,6 @@ import os
 import checkpoints
 from checkpoints import NON_COMMERCIAL_LICENSES
 
-from ..compiled_forward import use_persistent_compilation_cache
 from . import sources, timm_hub
 from .cache import Cache
 
@@ -50,7 +49,6 @@ def load_pretrained(name, *, revision=None, cache_dir=None, local_files_only=Fal
     model_kwargs.setdefault("num_classes", weights.num_classes)
     model_kwargs["pretrained_cfg"] = weights.pretrained_cfg
     input_shape = model_kwargs.get("input_shape")
-    use_persistent_compilation_cache()  # on JAX, the build's small compilations are kept between processes too
     model = weights.load_into(weights.build(**model_kwargs))
     _state_license(weights.pretrained_cfg)
     _note_input_size(weights.pretrained_cfg, input_shape)
