@@ -1,13 +1,16 @@
 """Publish the Keras conversion of a checkpoint to the Hugging Face Hub.
 
-    python -m converters.publish NAME --repo-id ORG/REPO [--private] [--dry-run DIR] [--revision REV] [--debug]
+    python -m converters.publish NAME --repo-id ORG/REPO [--format keras|keras-hub] [--private]
+                                  [--dry-run DIR] [--revision REV] [--debug]
 
 NAME is anything `convnext_hub.load_pretrained` accepts; `--revision` pins
-the source checkpoint's revision. The folder written is a `convnext_hub.saved_folder`
-(`model.weights.h5` and `config.json`) plus a model card `README.md`. With
-`--dry-run DIR` it is written to DIR and nothing is uploaded; otherwise the repo
-is created (if needed) and the folder uploaded. `load_pretrained("hf://ORG/REPO")`
-loads it back.
+the source checkpoint's revision. `--format keras` (default) writes a
+`convnext_hub.saved_folder` (`model.weights.h5` and `config.json`), which
+`load_pretrained("hf://ORG/REPO")` loads back; `--format keras-hub` writes a
+keras-hub preset, which `keras_hub.models.ImageClassifier.from_preset("hf://ORG/REPO")`
+loads once `convnext_hub.keras_hub` is imported. Both come with a model card
+`README.md`. With `--dry-run DIR` it is written to DIR and nothing is uploaded;
+otherwise the repo is created (if needed) and the folder uploaded.
 
 When torch and timm are importable, the card states the comparison with timm
 (`converters.verification`: every stage map and the logits, with the source
@@ -21,15 +24,13 @@ from pathlib import Path
 
 import huggingface_hub
 
-from checkpoints import NON_COMMERCIAL_LICENSES
-
 from . import cli
+from . import model_card as model_card_parts
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 CARD_TAGS = ("image-classification", "convnext", "keras")
-HF_LICENSE_IDS = ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "bsd-3-clause")  # others: `license: other`
 
 
 def _timm_available():
@@ -41,10 +42,13 @@ def _timm_available():
     return True
 
 
-def write_folder(name, folder, *, revision=None, cache_dir=None, token=None, repo_id=None):
-    """Writes the saved folder of checkpoint `name` and its model card into `folder`; returns the config."""
+def write_folder(name, folder, *, fmt="keras", revision=None, cache_dir=None, token=None, repo_id=None):
+    """Writes checkpoint `name` into `folder` as `fmt` ("keras": a converted folder; "keras-hub": a
+    keras-hub preset), with its model card; returns the equivalence report (None without timm)."""
     compare = _timm_available()
     cli.start_frameworks(need_timm=compare)
+    if fmt == "keras-hub":
+        _require_keras_hub()
     from convnext_hub import saved_folder
     from convnext_hub.hub import load_pretrained
 
@@ -55,10 +59,23 @@ def write_folder(name, folder, *, revision=None, cache_dir=None, token=None, rep
     if report is not None and not report.passed:
         raise ValueError(f"{name}: refusing to publish: the Keras outputs differ from timm's: "
                          + "; ".join(report.lines()))
-    config = saved_folder.write(folder, model, converter_version=CONVERTER_VERSION,
-                                equivalence=report.as_dict() if report else None)
+    equivalence = report.as_dict() if report else None
+    if fmt == "keras-hub":
+        from convnext_hub.keras_hub import write_preset
+
+        write_preset(model, folder, card={"equivalence": equivalence, "repo_id": repo_id})
+        return report
+    config = saved_folder.write(folder, model, converter_version=CONVERTER_VERSION, equivalence=equivalence)
     Path(folder, CARD_FILE).write_text(model_card(config, repo_id))
-    return config
+    return report
+
+
+def _require_keras_hub():
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:
+        raise cli.MissingDependencyError(
+            "--format keras-hub needs keras-hub: pip install 'convnext_hub[keras-hub]'") from None
 
 
 def measure_against_timm(model, token=None):
@@ -77,16 +94,8 @@ def measure_against_timm(model, token=None):
 def model_card(config, repo_id=None):
     """README.md with the Hub's YAML front matter, usage, preprocessing, equivalence and license."""
     cfg = config["pretrained_cfg"] or {}
-    name = cfg.get("name") or config["architecture"]
-    license_name = cfg.get("license")
-    front = ["---", "library_name: keras"]
-    if cfg.get("hf_hub_id"):
-        front.append(f"base_model: {cfg['hf_hub_id']}")
-    if license_name in HF_LICENSE_IDS:
-        front.append(f"license: {license_name}")
-    elif license_name:
-        front += ["license: other", f"license_name: {license_name}"]
-    front += ["pipeline_tag: image-classification", "tags:", *(f"- {tag}" for tag in CARD_TAGS), "---"]
+    name = cfg.get("name") or config["architecture"] or "ConvNeXt"
+    front = model_card_parts.front_matter(cfg, "keras", CARD_TAGS)
     source = f"[{cfg['hf_hub_id']}](https://huggingface.co/{cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else name
     body = [
         f"# {name} for Keras 3",
@@ -112,46 +121,32 @@ def model_card(config, repo_id=None):
         "",
         "## Equivalence with timm",
         "",
-        _delta_line(config["equivalence"]),
+        model_card_parts.equivalence_line(config.get("equivalence")),
         "",
         "## License",
         "",
-        _license_line(license_name),
+        model_card_parts.license_line(cfg.get("license")),
         "",
     ]
     return "\n".join(front + [""] + body)
 
 
-def _delta_line(equivalence):
-    if not equivalence:
-        return "Not measured (torch and timm were not installed where this conversion was published)."
-    rows = ", ".join(
-        f"{name} {out['max_abs_diff'] / max(out['max_abs_ref'], 1e-30):.2g}" for name, out in equivalence["outputs"].items()
-    )
-    return (
-        f"Max |Δ| / max |timm| against timm with the same source weights, on a fixed random "
-        f"{'x'.join(map(str, equivalence['input_shape']))} float32 input on CPU: {rows} "
-        f"(bar {equivalence['tolerance']:g})."
-    )
-
-
-def _license_line(license_name):
-    if not license_name:
-        return "The license of the source weights is not known: check it before use."
-    note = " It allows non-commercial use only." if license_name in NON_COMMERCIAL_LICENSES else ""
-    return f"The weights keep the license of the source checkpoint: {license_name}.{note}"
-
-
-def publish(name, repo_id, *, private=False, revision=None, dry_run=None, cache_dir=None, token=None):
+def publish(name, repo_id, *, fmt="keras", private=False, revision=None, dry_run=None, cache_dir=None, token=None):
     """Writes the folder for `name` and uploads it to `repo_id`; with `dry_run=DIR`, only writes DIR.
 
     Returns the folder written (dry run) or the URL of the upload commit.
     """
+    kwargs = dict(fmt=fmt, revision=revision, cache_dir=cache_dir, token=token, repo_id=repo_id)
     if dry_run is not None:
-        write_folder(name, dry_run, revision=revision, cache_dir=cache_dir, token=token, repo_id=repo_id)
+        write_folder(name, dry_run, **kwargs)
         return str(dry_run)
     with tempfile.TemporaryDirectory(prefix="convnext_hub-publish-") as folder:
-        write_folder(name, folder, revision=revision, cache_dir=cache_dir, token=token, repo_id=repo_id)
+        write_folder(name, folder, **kwargs)
+        if fmt == "keras-hub":
+            from convnext_hub.keras_hub import upload_preset
+
+            return upload_preset(folder, repo_id, private=private, token=token,
+                                 commit_message=f"keras-hub preset of {name}")
         api = huggingface_hub.HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f"Keras conversion of {name}")
@@ -165,12 +160,15 @@ def main(argv=None):
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="DIR", help="write the folder to DIR and upload nothing")
     parser.add_argument("--revision", help="revision of the source checkpoint (default: main)")
+    parser.add_argument("--format", choices=("keras", "keras-hub"), default="keras",
+                        help="a converted folder for load_pretrained (keras) or a keras-hub preset")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
     def command():
-        where = publish(args.name, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+        where = publish(args.name, args.repo_id, fmt=args.format, private=args.private, revision=args.revision,
+                        dry_run=args.dry_run)
         print(f"{'wrote' if args.dry_run else 'published'} {args.name}: {where}")
         return 0
 

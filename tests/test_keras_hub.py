@@ -1,6 +1,6 @@
 """ConvNeXt in keras-hub's API: equal to timm, presets that keras-hub loads, keras-hub's conventions.
 
-Every timm parameter is randomized before converting (DESIGN.md §3), so a
+Every timm parameter is randomized before converting (timm initialises layer scale to 1e-6 and GRN to zero, which hides mapping bugs), so a
 wrong layer name, head order or layout cannot hide behind an init value.
 """
 import inspect
@@ -210,8 +210,8 @@ def _preset_task(tmp_path):
     cfg = {**CENTER_CFG, "input_size": [3, 96, 96]}
     task, reference = _random_classifier(pretrained_cfg=cfg)
     folder = write_preset(task, tmp_path / "preset", card={
-        "repo_id": "org/atto-kh", "equivalence": {"max_abs_diff": 1.5e-6, "max_abs_ref": 3.0,
-                                                   "input_shape": [2, 96, 96, 3], "keras_backend": "jax"}})
+        "repo_id": "org/atto-kh", "equivalence": {"tolerance": 1e-5, "input_shape": [2, 96, 96, 3],
+                                                   "outputs": {"logits": {"max_abs_diff": 1.5e-6, "max_abs_ref": 3.0}}}})
     return task, reference, folder
 
 
@@ -230,7 +230,7 @@ def test_preset_round_trip_local(tmp_path):
     assert config["registered_name"] == "convnext_hub>ConvNeXtBackbone"
     assert json.loads((folder / "metadata.json").read_text())["tasks"] == ["ImageClassifier"]
     card = (folder / "README.md").read_text()
-    assert "library_name: keras-hub" in card and "license: apache-2.0" in card and "1.5e-06" in card
+    assert "library_name: keras-hub" in card and "license: apache-2.0" in card and "logits 5e-07" in card
     assert 'ImageClassifier.from_preset("hf://org/atto-kh")' in card
 
     photo = _photo("coffee")
@@ -400,3 +400,28 @@ def test_convnext_hub_does_not_import_keras_hub():
         assert "keras_hub" in sys.modules
     """)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.backend_independent
+def test_publish_keras_hub_preset_from_a_hub_checkpoint(local_hub, tmp_path, monkeypatch):  # noqa: F811
+    """`python -m converters.publish NAME --format keras-hub`: a preset keras-hub's from_preset loads, locally
+    and from hf://, equal to timm, with the comparison with timm on its card."""
+    from converters import publish as publish_cli
+    from tests.hub_server import upload_timm_checkpoint
+
+    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    reference = random_timm_model("convnext_atto", num_classes=1000, seed=21)
+    save_safetensors(reference.state_dict(), tmp_path / "atto.safetensors")
+    upload_timm_checkpoint(local_hub, "convnext_atto.d2_in1k", tmp_path / "atto.safetensors")
+    folder = tmp_path / "preset"
+    assert publish_cli.main(["convnext_atto.d2_in1k", "--repo-id", "org/atto-kh", "--format", "keras-hub",
+                             "--dry-run", str(folder)]) == 0
+    card = (folder / "README.md").read_text()
+    assert "library_name: keras-hub" in card and "logits" in card and "(bar 1e-05)" in card
+    assert publish_cli.main(["convnext_atto.d2_in1k", "--repo-id", "org/atto-kh", "--format", "keras-hub"]) == 0
+    x = _images(64, 72)
+    expected = timm_outputs(reference, x)[1]
+    for where in (str(folder), "hf://org/atto-kh"):
+        task = keras_hub.models.ImageClassifier.from_preset(where)
+        actual = _numpy(task(x))
+        assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max(), where

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from keras_hub.models import Backbone, Task
 
-from ..hub.loader import NON_COMMERCIAL_LICENSES
+from converters import model_card as card_parts
+
 from .convnext_from_timm import from_model
 
 CARD_FILE = "README.md"
 REQUIRED_FILES = ("config.json", "metadata.json", CARD_FILE)
 WEIGHTS_FILES = ("model.weights.h5", "model.weights.json")  # one file, or keras-hub's shard index
-HF_LICENSE_IDS = ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "bsd-3-clause")  # others: `license: other`
 
 
 def write_preset(model_or_task, folder, *, card=None):
@@ -72,9 +72,8 @@ def model_card(model_or_task, *, equivalence=None, repo_id=None):
 
     Args:
         model_or_task: the keras-hub task or backbone of the preset.
-        equivalence: max|Δ| of the logits against timm with the same weights, as a
-            dict with `max_abs_diff` and `max_abs_ref`, optionally `input_shape`,
-            `timm_version` and `keras_backend`; None: not measured.
+        equivalence: the comparison with timm with the same weights
+            (`converters.verification.Report.as_dict()`); None: not measured.
         repo_id: the Hub repo the preset goes to, for the usage snippet.
     """
     backbone = model_or_task if isinstance(model_or_task, Backbone) else model_or_task.backbone
@@ -104,11 +103,11 @@ def model_card(model_or_task, *, equivalence=None, repo_id=None):
         *_preprocessing_lines(model_or_task, is_task),
         "## Equivalence with timm",
         "",
-        _equivalence_line(equivalence),
+        card_parts.equivalence_line(equivalence),
         "",
         "## License",
         "",
-        _license_line(cfg.get("license")),
+        card_parts.license_line(cfg.get("license")),
         "",
     ]
     return "\n".join(_front_matter(cfg, is_task) + [""] + body)
@@ -122,17 +121,8 @@ def _keras_hub_object(model_or_task):
 
 
 def _front_matter(cfg, is_task):
-    lines = ["---", "library_name: keras-hub"]
-    if cfg.get("hf_hub_id"):
-        lines.append(f"base_model: {cfg['hf_hub_id']}")
-    license_name = cfg.get("license")
-    if license_name in HF_LICENSE_IDS:
-        lines.append(f"license: {license_name}")
-    elif license_name:
-        lines += ["license: other", f"license_name: {license_name}"]
-    if is_task:
-        lines.append("pipeline_tag: image-classification")
-    return lines + ["tags:", "- convnext", "- keras-hub", "- keras", "---"]
+    return card_parts.front_matter(cfg, "keras-hub", ("convnext", "keras-hub", "keras"),
+                                   "image-classification" if is_task else None)
 
 
 def _source_sentence(cfg, backbone):
@@ -161,27 +151,3 @@ def _preprocessing_lines(task, is_task):
         "| " + " | ".join(json.dumps(config.get(f)) for f in fields) + " |",
         "",
     ]
-
-
-def _equivalence_line(delta):
-    if not delta:
-        return "Not measured for this preset."
-    where = ""
-    if delta.get("input_shape"):
-        where = f" on a fixed random {'x'.join(map(str, delta['input_shape']))} float32 input"
-    versions = ", ".join(
-        f"{label} {delta[key]}" for key, label in (("timm_version", "timm"), ("keras_backend", "Keras backend"))
-        if delta.get(key)
-    )
-    return (
-        f"Max |Δ| of the logits against timm with the same weights{where}"
-        f"{f' ({versions})' if versions else ''}: {delta['max_abs_diff']:.3g} "
-        f"(max |logit| {delta['max_abs_ref']:.3g}, relative {delta['max_abs_diff'] / max(delta['max_abs_ref'], 1e-30):.2g})."
-    )
-
-
-def _license_line(license_name):
-    if not license_name:
-        return "The license of the source weights is not known: check it before use."
-    note = " It allows non-commercial use only." if license_name in NON_COMMERCIAL_LICENSES else ""
-    return f"The weights keep the license of the source checkpoint: {license_name}.{note}"
