@@ -3,6 +3,7 @@
 The keras-hub classes build the layers of `convnext_hub.ConvNeXt` under the
 same names, so converting a model is copying each layer's weights by name.
 """
+from ..hub import load_pretrained
 from ..model import zeros_initialized
 from .convnext_backbone import ConvNeXtBackbone
 from .convnext_image_classifier import ConvNeXtImageClassifier
@@ -38,8 +39,6 @@ def from_timm(name, task="classifier", **kwargs):
         A `ConvNeXtImageClassifier` or `ConvNeXtBackbone`.
     """
     _check_task(task)
-    from ..hub import load_pretrained
-
     return from_model(load_pretrained(name, **kwargs), task)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import huggingface_hub
 from keras_hub.models import Backbone, Task
 
 from converters import model_card as card_parts
@@ -50,8 +51,6 @@ def upload_preset(folder, repo_id, *, private=False, token=None, commit_message=
     replaces the folder's `README.md` by its own generic card (and deletes it
     afterwards), which would drop the license and equivalence statement.
     """
-    import huggingface_hub
-
     folder = Path(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in WEIGHTS_FILES):
