@@ -44,7 +44,7 @@ LAYERS = {
     ]),
     3: ("hub", ["convnext_hub.hub", "convnext_hub.hub.*"]),
     4: ("tools", [
-        "converters.timm_to_keras", "converters.publish", "converters.cli", "convnext_hub.export",
+        "converters.timm_to_keras", "converters.publish", "converters.cli", "converters.model_card", "convnext_hub.export",
         "convnext_hub.keras_hub",
         "convnext_hub.keras_hub.*",
     ]),
