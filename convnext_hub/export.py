@@ -41,6 +41,8 @@ _PACKAGES = {
 }
 # What exporting needs, per backend and format: the modules the exporter imports, or why it cannot be done.
 _NO_LITERT = "Keras exports LiteRT from the TensorFlow and torch backends only"
+_LITERT_TORCH = ("needs the litert-torch converter, which is not in the export extra (it would downgrade "
+                 "typing-extensions and pydantic) and is untested here")
 _JAX2TF = ("Keras goes through jax2tf, and JAX 0.10's jax2tf writes only native StableHLO (XlaCallModule), "
            "which {}")
 _EXPORTERS = {
@@ -56,10 +58,11 @@ _EXPORTERS = {
     },
     "torch": {
         "onnx": ["onnxscript", "onnxruntime"],
-        "openvino": "Keras traces the model with torch.jit.trace, whose check fails on Keras' torch variables",
-        "saved_model": "Keras' torch SavedModel route (torch.export, then TensorFlow) does not trace these models",
-        "litert": "needs the litert-torch converter, which pins its own torch",
-        "litert_int8": "needs the litert-torch converter, which pins its own torch",
+        "openvino": "Keras traces the model with torch.jit.trace, whose check fails on these models "
+                    "(graphs differ across invocations)",
+        "saved_model": "Keras' torch SavedModel route needs torch_xla, which is not installed here; "
+                       "with a dynamic batch it also fails in torch.export's dynamic shapes",
+        "litert": _LITERT_TORCH, "litert_int8": _LITERT_TORCH,
     },
 }
 
