@@ -2,8 +2,10 @@
 
 Every layer is registered for `.keras` serialization. The norms and GRN compute
 their statistics in float32 whatever the dtype policy, so mixed precision
-cannot overflow them (see DESIGN.md §2).
+cannot overflow them (channel-first LayerNorm and GRN overflow in float16).
 """
+import os
+
 import keras
 from keras import ops
 
@@ -187,12 +189,61 @@ class Conv2D(keras.layers.Conv2D):
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """Keras' stride-1 "same" depthwise conv, with faster kernels where Keras' is slow.
 
-    JAX on CPU, inference: XLA's grouped convolution is ~15x slower than
-    summing the kh*kw shifted products, which XLA fuses into one loop (in
-    training the sum's gradient compiles ~4x slower, so it is not used). torch: calls
+    JAX on CPU, inference: XLA's CPU grouped convolution is a slow generic loop,
+    while the sum of the kh*kw shifted products fuses into one vectorised loop (in
+    training the sum's gradient compiles far slower, so it is not used). torch: calls
     `conv2d` on a channels-last view, with no layout copies. Weights and
     results are those of `keras.layers.DepthwiseConv2D`.
+
+    JAX offers several formulations of the same conv (`JAX_FORMULATIONS`), because
+    XLA picks its GPU kernel from the shape and layout it is given, and at stage 0
+    (96 channels) it picked a slow one wrapped in layout transforms:
+      - "xla": Keras' grouped `conv_general_dilated` (NHWC input, HWIO kernel, one
+        group per channel);
+      - "shifted": the sum of the kh*kw shifted products (no convolution op);
+      - "nchw": the grouped convolution on a channels-first view with an OIHW kernel;
+      - "pad": the grouped convolution with zero channels appended up to a multiple
+        of `PAD_CHANNELS_TO`, then sliced off (the zero channels change no output).
+    The default is "shifted" on CPU in inference and "xla" elsewhere. The environment
+    variable named by `FORMULATION_ENV` overrides it for A/B measurements (see
+    `jax_formulation`); it is read when the call is traced.
     """
+
+    FORMULATION_ENV = "CONVNEXT_HUB_JAX_DEPTHWISE"
+    JAX_FORMULATIONS = ("xla", "shifted", "nchw", "pad")
+    PAD_CHANNELS_TO = 64
+
+    @classmethod
+    def jax_formulation(cls, channels, training, on_cpu):
+        """The JAX formulation a plain layer with `channels` channels runs.
+
+        The variable `FORMULATION_ENV` holds `auto` (or is unset: the per-device
+        default), a name from `JAX_FORMULATIONS` (every plain layer uses it, training
+        included), or `name:N` (layers of at most N channels use it, the others
+        "xla"), so a benchmark can change stage 0 alone.
+
+        Args:
+            channels: input channels of the layer.
+            training: the layer's `training` argument.
+            on_cpu: whether JAX runs on its CPU platform.
+
+        Returns:
+            A name from `JAX_FORMULATIONS`.
+
+        Raises:
+            ValueError: the variable holds anything else, so a typo in an A/B run
+                fails instead of silently measuring the default.
+        """
+        spec = os.environ.get(cls.FORMULATION_ENV, "").strip().lower() or "auto"
+        if spec == "auto":
+            return "shifted" if on_cpu and not training else "xla"
+        name, colon, limit = spec.partition(":")
+        if name not in cls.JAX_FORMULATIONS or (colon and not limit.isdigit()):
+            raise ValueError(
+                f"{cls.FORMULATION_ENV} must be 'auto', NAME or NAME:MAX_CHANNELS with NAME in "
+                f"{cls.JAX_FORMULATIONS}. Received: {spec!r}"
+            )
+        return "xla" if limit and channels > int(limit) else name
 
     def call(self, inputs, training=None):
         backend = keras.backend.backend()
@@ -204,8 +255,15 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             return super().call(inputs)
         if backend == "torch":
             return self._torch_call(inputs)
-        if backend == "jax" and not training and _jax_on_cpu():
-            return self._shifted_sum_call(inputs)
+        kh, kw = self.kernel_size
+        if backend == "jax" and kh % 2 and kw % 2:  # the formulations pad (k - 1) / 2 on each side
+            formulation = self.jax_formulation(self.kernel.shape[2], training, _jax_on_cpu())
+            if formulation == "shifted":
+                return self._shifted_sum_call(inputs)
+            if formulation == "nchw":
+                return self._nchw_call(inputs)
+            if formulation == "pad":
+                return self._channel_pad_call(inputs)
         return super().call(inputs)
 
     def _torch_call(self, x):
@@ -229,6 +287,27 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
                 out = out + padded[:, i:i + height, j:j + width, :] * kernel[i, j]
         return out
 
+    def _nchw_call(self, x):
+        from jax import lax
+
+        kh, kw = self.kernel_size
+        kernel = ops.transpose(ops.convert_to_tensor(self.kernel), (2, 3, 0, 1))  # (C, 1, kh, kw)
+        y = lax.conv_general_dilated(
+            ops.transpose(x, (0, 3, 1, 2)), kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=kernel.shape[0],
+        )
+        return ops.transpose(y, (0, 2, 3, 1)) + self.bias
+
+    def _channel_pad_call(self, x):
+        channels = self.kernel.shape[2]
+        extra = -channels % self.PAD_CHANNELS_TO
+        if not extra:
+            return super().call(x)
+        x = ops.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+        kernel = ops.pad(ops.convert_to_tensor(self.kernel), ((0, 0), (0, 0), (0, extra), (0, 0)))
+        y = ops.depthwise_conv(x, kernel, strides=1, padding="same")
+        return y[..., :channels] + self.bias
+
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Dense(keras.layers.Dense):
@@ -237,11 +316,10 @@ class Dense(keras.layers.Dense):
     torch: one `linear` (matmul + bias), and outside autograd a GELU applied in
     place on its result, which nothing else holds. TensorFlow: a 2-D `matmul`,
     `bias_add` and the activation (GELU in its erf form), the pattern oneDNN fuses
-    into one kernel in a `tf.function` (2x faster than Keras' batched matmul, add and
-    GELU), reshaped back to a constant shape where at most one size is unknown. JAX: exact
+    into one kernel in a `tf.function` (Keras' batched matmul, add and GELU are
+    three kernels), reshaped back to a constant shape where at most one size is unknown. JAX: exact
     GELU as `x/2 * (1 + erf(x/sqrt(2)))`, torch's formula; `jax.nn.gelu` goes through
-    `erfc`, whose XLA expansion makes the GELU fusion compute-bound (H200 bf16:
-    convnext_tiny 15.0k img/s against 12.8k).
+    `erfc`, whose XLA expansion makes the GELU fusion compute-bound (figures in the README).
     """
 
     def call(self, inputs, training=None):

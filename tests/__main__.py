@@ -18,6 +18,7 @@ BACKEND_MODULES = [
     "tests/test_equivalence.py",
     "tests/test_preprocessing.py",
     "tests/test_finetune.py",
+    "tests/test_depthwise_formulations.py",
     "tests/test_keras_hub.py",
     "tests/test_export.py",
 ]
