@@ -17,6 +17,9 @@ also keeps it between processes). Its result equals Keras' own call up to
 float rounding (XLA fuses the whole forward).
 
 `CONVNEXT_HUB_FAST_PATH=0` turns both fast paths off.
+
+`forget_deferred_variables` keeps a throwaway model built without its weights
+(the streaming converter's shell) from being initialised later.
 """
 import logging
 import os
@@ -114,3 +117,26 @@ def compiles(model, inputs, training, mask, kwargs):
 def run_compiled(model, inputs):
     """`model(inputs)` in inference on JAX: one compiled program (see `compiled_forward`)."""
     return compiled_forward.run(model, inputs)
+
+
+# --------------------------------------------------------------------------- throwaway shells
+
+
+def forget_deferred_variables(model):
+    """Drop `model`'s never-initialised variables from Keras' list of variables to initialise later.
+
+    A model built under `keras.StatelessScope(initialize_variables=False)` (the
+    streaming converter's shell) leaves its variables in a global list, and the
+    next stateless scope to close (the build of any model) would allocate and
+    randomly initialise them all: the full weights, for a shell meant to hold
+    none. Reads Keras' private `global_state` attribute `uninitialized_variables`
+    (checked with `CHECKED_KERAS_VERSIONS`); does nothing where it is missing.
+    """
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:
+        return
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if isinstance(pending, list):
+        shell = {id(v) for v in model.weights}
+        pending[:] = [v for v in pending if id(v) not in shell]
