@@ -156,7 +156,7 @@ class ConvNeXt(keras.Model):
             outputs = builder.backbone_output(x, head_norm_first, pooling)
 
         super().__init__(
-            inputs=inputs, outputs=outputs, name=name or architecture or "convnext", dtype=dtype, **kwargs
+            inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs
         )
         self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(stage_outputs)}
         self.feature_info = [
@@ -184,6 +184,8 @@ class ConvNeXt(keras.Model):
         self.out_indices = out_indices
         self.architecture = architecture
         self.pretrained_cfg = pretrained_cfg
+        # Functional models keep no dtype policy of their own; every layer got `dtype`.
+        self.layers_dtype_policy = keras.dtype_policies.get(dtype)
 
     def head_layers(self):
         """The layers after the last stage (pooling, norm, pre-logits, dropout, classifier), in order."""
@@ -196,16 +198,19 @@ class ConvNeXt(keras.Model):
     def stage_and_output_model(self):
         """A functional model returning `[P2, P3, P4, P5, *outputs]`: the stage maps, then this model's outputs."""
         outputs = self.outputs if isinstance(self.outputs, list) else [self.outputs]
-        return keras.Model(self.inputs, [*self.pyramid_outputs.values(), *outputs])
+        return keras.Model(self.inputs[0], [*self.pyramid_outputs.values(), *outputs])
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         if fast_path.applies(self, training, mask, kwargs):
             return fast_path.run(self, inputs)
+        if fast_path.compiles(self, inputs, training, mask, kwargs):
+            return fast_path.run_compiled(self, inputs)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_config(self):
         # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
-        config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable", "dtype")}
+        config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable")}
+        config["dtype"] = keras.dtype_policies.serialize(self.layers_dtype_policy)
         return {
             **config,
             "depths": list(self.depths),

@@ -21,6 +21,7 @@ from checkpoints import UnknownCheckpointError
 from converters import ArchitectureError
 from converters.publish import main as publish_main
 from converters.publish import publish
+from converters.version import CONVERTER_VERSION
 from convnext_hub.hub import Cache, CacheNotWritableError, WeightsUnavailableError, load_pretrained
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key
 from tests.checkpoint_factory import random_timm_model, save_pth, save_safetensors
@@ -117,7 +118,7 @@ def test_first_download_matches_timm_and_fills_cache(local_hub, checkpoint, cach
     meta = json.loads((entry / META_FILE).read_text())
     assert meta["source"]["etag"] == local_hub.resolve(f"timm/{ATTO}").files["model.safetensors"].sha256
     assert meta["architecture"] == "convnext_atto" and meta["num_classes"] == 1000
-    assert meta["keras_version"] == keras.__version__ and meta["converter_version"] == "1"
+    assert meta["keras_version"] == keras.__version__ and meta["converter_version"] == CONVERTER_VERSION
     assert entry.name == entry_key(meta["source"]["etag"])
     assert (cache_dir / "refs" / ATTO / "main").read_text() == entry.name
     assert not temp_files(cache_dir)
@@ -322,17 +323,22 @@ def test_racing_writers_without_locks_leave_one_whole_entry(tmp_path, monkeypatc
 
     monkeypatch.setattr(cache_module, "FileLock", lambda path: _NoLock())
     cache = Cache(tmp_path / "c")
-    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
 
-    def slow_convert():  # another "process" stores the same key while this one converts
-        cache.store("m", "k", lambda: (state, {"by": "other"}))
-        return state, {"by": "this"}
+    def writer(content, meta):
+        def write(folder):
+            (folder / WEIGHTS_FILE).write_bytes(content)
+            return meta
+        return write
+
+    def slow_convert(folder):  # another "process" stores the same key while this one converts
+        cache.store("m", "k", writer(b"other", {"by": "other"}))
+        return writer(b"this", {"by": "this"})(folder)
 
     entry = cache.store("m", "k", slow_convert)
     assert entry.meta["by"] == "other"
     assert [p.name for p in (tmp_path / "c" / "entries" / "m").iterdir()] == ["k"]
     assert not temp_files(tmp_path / "c")
-    np.testing.assert_array_equal(cache.lookup("m", "k").state_dict()["w"], state["w"])
+    assert cache.lookup("m", "k").weights_file.read_bytes() == b"other"
 
 
 class _NoLock:
@@ -468,7 +474,10 @@ def test_publish_dry_run_writes_folder(local_hub, checkpoint, cache_dir, tmp_pat
     assert "non-commercial" in card and 'load_pretrained("hf://org/v2")' in card
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "convnextv2_atto" and config["model_config"]["num_classes"] == 1000
-    assert config["equivalence"]["max_abs_diff"] <= 1e-5 * config["equivalence"]["max_abs_ref"]
+    assert config["equivalence"]["passed"] and config["equivalence"]["tolerance"] == 1e-5
+    for output in ("stage 0", "stage 1", "stage 2", "stage 3", "logits"):
+        measured = config["equivalence"]["outputs"][output]
+        assert measured["max_abs_diff"] <= 1e-5 * measured["max_abs_ref"]
     assert not any(method == "POST" for method, _ in local_hub.request_log)  # nothing uploaded
     assert_close(keras_out(load_pretrained(folder)), timm_out(timm_model))
     config["model_config"]["dims"] = [48, 96, 192, 384]  # a config.json that lies about the weights
