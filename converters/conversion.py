@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from convnext_hub.families import create_from_structure, create_model
+from convnext_hub.fast_path import forget_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
@@ -72,6 +73,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
         values.close()
         if bar is not None:
             bar.close()
+        forget_deferred_variables(model)  # else the next model build would allocate and initialise the shell
     return model
 
 

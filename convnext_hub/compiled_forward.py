@@ -80,8 +80,6 @@ def use_persistent_compilation_cache():
 
 def run(model, inputs):
     """`model(inputs)` in inference, as one compiled program over the model's current variable values."""
-    import jax
-
     args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], inputs)
     signature = (len(args[0]), _signature(args))  # a variable made (non-)trainable changes the arguments
     programs = _programs.setdefault(model, {})

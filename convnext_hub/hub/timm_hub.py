@@ -11,7 +11,6 @@ import keras
 from converters.conversion import convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
 from converters.version import CONVERTER_VERSION
 
-from ..fast_path import forget_deferred_variables
 from . import fetch
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, read_timm_state_dict
@@ -170,7 +169,6 @@ def convert_source(path, entry, remote, folder):
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
     shell = convert_to_weights_file(
         read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE), arch=entry["architecture"], source=path)
-    forget_deferred_variables(shell)  # else the next model build would allocate and initialise them
     return {
         "name": entry["name"],
         "architecture": entry["architecture"],
