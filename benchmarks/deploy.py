@@ -55,7 +55,6 @@ def _timm_openvino(reference, size):
 def _runners(arch, size, folder):
     """`{name: (callable(batch_nhwc) -> logits, layout)}` for every runtime, and the timm module."""
     import numpy as np
-    import onnxruntime as ort
 
     from converters import convert
     from converters.randomize import randomize_
@@ -78,8 +77,7 @@ def _runners(arch, size, folder):
         with torch.inference_mode():
             return reference(nchw(x)).numpy()
 
-    timm_session = ort.InferenceSession(_timm_onnx(reference, str(folder / "timm.onnx"), size),
-                                        providers=["CPUExecutionProvider"])
+    timm_session = _ort_session(_timm_onnx(reference, str(folder / "timm.onnx"), size))
     runners = {
         BASELINE: timm_eager,
         "timm onnxruntime": lambda x: timm_session.run(None, {"images": nchw(x).numpy()})[0],
@@ -97,15 +95,23 @@ def _runners(arch, size, folder):
     return runners
 
 
+def _ort_session(path):
+    """An onnxruntime CPU session whose idle threads sleep: by default they spin after each run, taking
+    the cores from whichever runner is timed next (both ONNX files get the same settings)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
 def _loaded(fmt, path):
     """A runner holding the artifact loaded once in its runtime (loading is not what is timed)."""
     import numpy as np
 
     path = os.fspath(path)
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = _ort_session(path)
         return lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
     if fmt == "openvino":
         import openvino as ov
