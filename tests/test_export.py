@@ -28,6 +28,9 @@ KINDS = {"classifier": {}, "features": {"features_only": True}}
 FIXED_SIZE = (64, 64)
 SIZES = [(64, 64), (67, 45)]
 NUM_CLASSES = 17
+# tf2onnx holds several copies of the frozen graph: for convnext_large_mlp (200M parameters) the process
+# passed 23 GB and was killed by the kernel on a 23 GB machine.
+TOO_BIG = {("tensorflow", "convnext_large_mlp", "onnx"): "tf2onnx needs over 23 GB of memory for it"}
 
 
 def _cases():
@@ -71,7 +74,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("arch,kind,fmt", _cases())
 def test_artifact_equals_timm(exported, arch, kind, fmt):
     """Logits (classifier) or the four stage maps (features_only), from the artifact's own runtime."""
-    reason = export.support(fmt)
+    reason = export.support(fmt) or TOO_BIG.get((BACKEND, arch, fmt))
     if reason:
         pytest.skip(f"{fmt} on {BACKEND}: {reason}")
     model, reference, path = exported(arch, kind, fmt)
