@@ -1,7 +1,8 @@
 """Convert a ConvNeXt checkpoint to Keras weights, optionally proving it against timm.
 
     python -m converters.timm_to_keras SOURCE --out DIR [--arch ARCH] [--num-classes N]
-                                       [--format keras|weights] [--verify] [--debug]
+                                       [--format keras|weights] [--export onnx,litert,saved_model,openvino]
+                                       [--verify] [--debug]
     python -m converters.timm_to_keras --random-init convnextv2_atto --out DIR --verify
 
 SOURCE is a checkpoint file (safetensors, .pth/.bin, sharded index), a folder
@@ -9,7 +10,9 @@ SOURCE is a checkpoint file (safetensors, .pth/.bin, sharded index), a folder
 `convnextv2_base.fcmae_ft_in22k_in1k` (fetched as `load_pretrained` fetches it:
 same caches, `--revision`, `HF_HUB_OFFLINE`, `HF_TOKEN`). DIR receives
 `model.weights.h5` or `model.keras` plus `config.json` (`convnext_hub.saved_folder`),
-and nothing at all unless the whole conversion (and verification) succeeded.
+and with `--export` the deployment artifacts beside them (`convnext_hub.export`), each
+checked in its own runtime against timm under `--verify`; nothing at all unless the
+whole conversion (and verification) succeeded.
 """
 import argparse
 import importlib.util
@@ -37,11 +40,25 @@ def _parse(argv):
     parser.add_argument("--format", choices=("keras", "weights"), default="weights")
     parser.add_argument("--verify", action="store_true", help="compare with timm; exit 1 on FAIL")
     parser.add_argument("--revision", help="Hub revision for a timm Hub name")
+    parser.add_argument("--export", metavar="FORMATS", type=_formats, default=(),
+                        help="comma-separated deployment formats written beside the weights: "
+                             "onnx, litert, saved_model, openvino, litert_int8")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     if (args.source is None) == (args.random_init is None):
         parser.error("give exactly one of SOURCE or --random-init ARCH")
     return args
+
+
+EXPORT_FORMATS = ("onnx", "litert", "saved_model", "openvino", "litert_int8")
+
+
+def _formats(text):
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or text!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    return formats
 
 
 def _step(message):
@@ -92,7 +109,10 @@ def _from_hub(args):
 
 
 def verify(model, source):
-    """Runs `converters.verification` on `model` against timm with the source's weights; returns the report."""
+    """Runs `converters.verification` on `model` against timm with the source's weights.
+
+    Returns the report and `(timm reference, whether its head was loaded)` for checking exports.
+    """
     from converters import layouts, verification
     from converters.conversion import checkpoint_num_classes
 
@@ -106,7 +126,7 @@ def verify(model, source):
     report = verification.compare(model, reference, verification.random_images(), head_loaded=head_loaded)
     for line in report.lines():
         print(f"  {line}")
-    return report
+    return report, (reference, head_loaded)
 
 
 def write_output(out, save):
@@ -144,7 +164,7 @@ def _convert(args, source):
     from convnext_hub import saved_folder
 
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    if args.format == "weights" and not args.verify and source.model is None:
+    if args.format == "weights" and not args.verify and not args.export and source.model is None:
         def stream(folder):
             shell = convert_to_weights_file(source.state_dict, folder / saved_folder.WEIGHTS_FILE, arch=args.arch,
                                             source=source.label, progress=True, **kwargs)
@@ -189,17 +209,65 @@ def _command(args):
         return 0
     _step(f"built {model.architecture or 'a custom geometry'}: {model.count_params():,} parameters, "
           f"{model.num_classes} classes")
-    report = None
+    if args.export:
+        from convnext_hub import export
+
+        for fmt in args.export:  # a missing tool or an impossible format: say so before any work
+            export.require(fmt)
+    report = reference = None
     if args.verify:
         _step("verifying against timm")
-        report = verify(model, source)
+        report, reference = verify(model, source)
         if not report.passed:
             print("FAIL: outputs differ from timm; nothing written", file=sys.stderr)
             return 1
-    write_output(args.out, lambda folder: saved_folder.write(
-        folder, model, keras_archive=args.format == "keras", **_metadata(source, report)))
+
+    def save(folder):
+        saved_folder.write(folder, model, keras_archive=args.format == "keras", **_metadata(source, report))
+        if not _export(args, model, folder, reference):
+            raise ExportCheckFailed(folder)
+
+    try:
+        write_output(args.out, save)
+    except ExportCheckFailed:
+        print("FAIL: an exported artifact differs from timm; nothing written", file=sys.stderr)
+        return 1
     _step(f"wrote {args.out}")
     return 0
+
+
+class ExportCheckFailed(Exception):
+    """An exported artifact failed its check against timm (the staged output is discarded)."""
+
+
+def _export(args, model, folder, reference):
+    """Writes the `--export` artifacts into `folder`; under `--verify` checks each in its own runtime.
+
+    Returns False when an artifact fails its check (then nothing is written).
+    """
+    if not args.export:
+        return True
+    import keras
+
+    from converters import verification
+    from convnext_hub import export
+
+    size = None
+    if keras.backend.backend() == "torch":  # Keras' torch exporters need a fixed size
+        size = tuple((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[1:])
+    _step(f"exporting {', '.join(args.export)}")
+    paths = export.export(model, folder, args.export, image_size=size)
+    if reference is None:
+        return True
+    checked = {fmt: path for fmt, path in paths.items() if fmt != "litert_int8"}  # int8 is not held to 1e-5
+    images = verification.random_images(*(size or (96, 73)))
+    passed = True
+    for fmt, report in export.check_artifacts(checked, model, reference[0], images, head_loaded=reference[1]).items():
+        print(f"  {fmt}:")
+        for line in report.lines():
+            print(f"    {line}")
+        passed &= report.passed
+    return passed
 
 
 def main(argv=None):

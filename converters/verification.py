@@ -132,15 +132,16 @@ def compare(model, reference, images_nhwc, *, head_loaded=True):
     actual = [keras.ops.convert_to_numpy(y) for y in model.stage_and_output_model()(images_nhwc, training=False)]
     report = Report(input_shape=images_nhwc.shape)
     for name, a, e in zip(STAGE_NAMES, actual, expected_stages):
-        report.comparisons.append(_compare(name, a, e))
-    skipped = _why_logits_skipped(model, reference, head_loaded)
+        report.comparisons.append(compare_output(name, a, e))
+    skipped = why_logits_not_compared(model, reference, head_loaded)
     if skipped is None:
-        report.comparisons.append(_compare("logits", actual[4], expected_head))
+        report.comparisons.append(compare_output("logits", actual[4], expected_head))
     report.skipped = skipped
     return report
 
 
-def _why_logits_skipped(model, reference, head_loaded):
+def why_logits_not_compared(model, reference, head_loaded):
+    """Why `model`'s logits cannot be held against `reference`'s, or None when they can."""
     if model.features_only or not model.include_top or model.classifier_activation is not None:
         return "the model does not end in timm's head (features_only, include_top=False or an activation)"
     if not head_loaded:
@@ -151,7 +152,8 @@ def _why_logits_skipped(model, reference, head_loaded):
     return None
 
 
-def _compare(name, actual, expected):
+def compare_output(name, actual, expected):
+    """The `Comparison` of one output with timm's (same shape required)."""
     if actual.shape != expected.shape:
         raise ValueError(f"{name}: Keras output shape {actual.shape} differs from timm's {expected.shape}")
     return Comparison(name, float(np.abs(actual - expected).max()), float(np.abs(expected).max()))

@@ -261,11 +261,11 @@ def compare_outputs(outputs, model, reference, images_nhwc, *, head_loaded=True)
         names = [verification.STAGE_NAMES[i] for i in model.out_indices]
         expected = [expected_stages[i] for i in model.out_indices]
     else:
-        report.skipped = verification._why_logits_skipped(model, reference, head_loaded)
+        report.skipped = verification.why_logits_not_compared(model, reference, head_loaded)
         names, expected = ([], []) if report.skipped else (["logits"], [expected_head])
     if len(outputs) != len(model.outputs):
         raise ValueError(f"The artifact returned {len(outputs)} outputs; the model has {len(model.outputs)}")
-    report.comparisons = [verification._compare(n, a, e) for n, a, e in zip(names, outputs, expected)]
+    report.comparisons = [verification.compare_output(n, a, e) for n, a, e in zip(names, outputs, expected)]
     return report
 
 

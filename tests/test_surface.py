@@ -326,3 +326,32 @@ def test_model_without_checkpoint_gets_timms_default_transform():
                                          "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})([photo])
     assert batch.shape == (1, 224, 224, 3)
     np.testing.assert_array_equal(batch, default)
+
+
+# --------------------------------------------------------------------------- --export
+
+
+def test_cli_exports_beside_the_weights_and_checks_them(atto_file, tmp_path, capsys):
+    path, _ = atto_file
+    out = tmp_path / "out"
+    assert timm_to_keras.main([str(path), "--out", str(out), "--export", "onnx,litert", "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert {"model.onnx", "model.tflite", "model.weights.h5", "config.json"} <= {p.name for p in out.iterdir()}
+    assert "  onnx:" in printed and "  litert:" in printed
+    assert printed.count("PASS: worst") == 3  # the Keras model, then each artifact
+    np.testing.assert_array_equal(outputs(load_pretrained(out)), outputs(convert(load_checkpoint(path))))
+
+
+def test_cli_export_without_its_tool_names_the_package(atto_file, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    path, _ = atto_file
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert timm_to_keras.main([str(path), "--out", str(tmp_path / "out"), "--export", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "onnxruntime" in err[0] and 'pip install "convnext_hub[export]"' in err[0], err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        timm_to_keras.main([str(path), "--out", str(tmp_path / "out"), "--export", "onnx,pdf"])
+    assert exit_info.value.code == 2 and "pdf" in capsys.readouterr().err
