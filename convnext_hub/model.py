@@ -185,7 +185,22 @@ class ConvNeXt(keras.Model):
         self.architecture = architecture
         self.pretrained_cfg = pretrained_cfg
         # Functional models keep no dtype policy of their own; every layer got `dtype`.
+        if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+            dtype = dtype.default_policy
         self.layers_dtype_policy = keras.dtype_policies.get(dtype)
+
+    def _dtype_policies(self):
+        """The constructor's dtype policy, or a `DTypePolicyMap` of it plus the layers changed since
+        (`model.quantize("int8")`), so that a reloaded model is built as it was saved."""
+        base = self.layers_dtype_policy
+        changed = {layer.path: layer.dtype_policy for layer in self.layers
+                   if layer.dtype_policy.name != base.name}
+        if not changed:
+            return base
+        policies = keras.dtype_policies.DTypePolicyMap(default_policy=base)
+        for path, policy in changed.items():
+            policies[path] = policy
+        return policies
 
     def head_layers(self):
         """The layers after the last stage (pooling, norm, pre-logits, dropout, classifier), in order."""
@@ -210,7 +225,7 @@ class ConvNeXt(keras.Model):
     def get_config(self):
         # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
         config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable")}
-        config["dtype"] = keras.dtype_policies.serialize(self.layers_dtype_policy)
+        config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
         return {
             **config,
             "depths": list(self.depths),
@@ -283,7 +298,13 @@ class Builder:
     def __init__(self, norm, norm_eps, dtype):
         self.norm_kind = norm
         self.norm_eps = norm_eps
-        self.dtype = dtype
+        # A `DTypePolicyMap` (a saved `model.quantize("int8")`) names the Dense layers whose policy differs.
+        self.policies = dtype if isinstance(dtype, keras.dtype_policies.DTypePolicyMap) else None
+        self.dtype = self.policies.default_policy if self.policies is not None else dtype
+
+    def dense(self, units, name, activation=None):
+        dtype = self.policies[name] if self.policies is not None else self.dtype
+        return Dense(units, activation=activation, name=name, dtype=dtype, **_weight_init())
 
     def norm(self, name):
         return make_norm(self.norm_kind, self.norm_eps, name, self.dtype)
@@ -342,10 +363,10 @@ class Builder:
         )(x)
         x = self.norm(f"{prefix}_norm")(x)
         # timm's mlp.act (GELU, no weights) is fc1's activation: one Keras layer fewer per block.
-        x = Dense(4 * dim, activation="gelu", name=f"{prefix}_mlp_fc1", dtype=self.dtype, **_weight_init())(x)
+        x = self.dense(4 * dim, f"{prefix}_mlp_fc1", activation="gelu")(x)
         if use_grn:
             x = GlobalResponseNorm(name=f"{prefix}_mlp_grn", dtype=self.dtype)(x)
-        x = Dense(dim, name=f"{prefix}_mlp_fc2", dtype=self.dtype, **_weight_init())(x)
+        x = self.dense(dim, f"{prefix}_mlp_fc2")(x)
         if layer_scale_init_value is not None:
             x = LayerScale(layer_scale_init_value, name=f"{prefix}_gamma", dtype=self.dtype)(x)
         if drop_path > 0:
@@ -364,14 +385,12 @@ class Builder:
             x = self.pool(x, pooling)
             x = self.norm("head_norm")(x)
             if head_hidden_size:
-                x = Dense(
-                    head_hidden_size, activation="gelu", name="head_pre_logits_fc", dtype=self.dtype, **_weight_init()
-                )(x)
+                x = self.dense(head_hidden_size, "head_pre_logits_fc", activation="gelu")(x)
         if num_classes == 0:
             return x
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate, name="head_drop", dtype=self.dtype)(x)
-        x = Dense(num_classes, name="head_fc", dtype=self.dtype, **_weight_init())(x)
+        x = self.dense(num_classes, "head_fc")(x)
         if activation is not None:
             x = keras.layers.Activation(activation, name="predictions", dtype=self.dtype)(x)
         return x
