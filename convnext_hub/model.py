@@ -194,7 +194,7 @@ class ConvNeXt(keras.Model):
         (`model.quantize("int8")`), so that a reloaded model is built as it was saved."""
         base = self.layers_dtype_policy
         changed = {layer.path: layer.dtype_policy for layer in self.layers
-                   if layer.dtype_policy.name != base.name}
+                   if layer.dtype_policy.quantization_mode and layer.dtype_policy.name != base.name}
         if not changed:
             return base
         policies = keras.dtype_policies.DTypePolicyMap(default_policy=base)
