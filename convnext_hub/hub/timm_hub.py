@@ -101,13 +101,13 @@ class CachedWeights(Weights):
         if all(getattr(model, flag) == stored for flag, stored in self.stored_config.items()):
             model.load_weights(self.keras_file)  # the entry holds exactly this model's weights
         else:
-            load_timm_state_dict(model, self.timm_state_dict(), source=self.source)
+            load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
 
-    def timm_state_dict(self):
+    def as_timm_state_dict(self):
         weights = self.confirmed()
         if weights is not self:
-            return weights.timm_state_dict()
+            return weights.as_timm_state_dict()
         if self.state_dict is None:
             stored = self.build(**self.stored_config)
             stored.load_weights(self.keras_file)

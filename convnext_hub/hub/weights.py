@@ -45,10 +45,10 @@ class Weights:
         ):
             load_weights_file(model, self.keras_file)
         else:
-            load_timm_state_dict(model, self.timm_state_dict(), source=self.source)
+            load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
 
-    def timm_state_dict(self):
+    def as_timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
             stored = self.build(**self.stored_config)
             load_weights_file(stored, self.keras_file)
