@@ -4,6 +4,7 @@ The model core needs it too (the JAX compilation cache of `fast_path`), so it
 lives below the hub, which holds the converted-weights cache in the same root.
 """
 import os
+import tempfile
 
 ENV_VAR = "CONVNEXT_HUB_CACHE"
 
@@ -11,3 +12,17 @@ ENV_VAR = "CONVNEXT_HUB_CACHE"
 def default_cache_dir():
     """`$CONVNEXT_HUB_CACHE`, else `~/.cache/convnext_hub`."""
     return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "convnext_hub")
+
+
+def write_atomically(path, data):
+    """Writes `data` (bytes or str) to `path` in one `os.replace`: readers see the old file, the new one,
+    or none, never half of one. Raises OSError (the temporary file removed)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

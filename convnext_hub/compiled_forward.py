@@ -27,14 +27,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import weakref
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from .cache_root import default_cache_dir
+from .cache_root import default_cache_dir, write_atomically
 
 logger = logging.getLogger("convnext_hub")
 
@@ -200,14 +199,8 @@ def _writable(folder):
 
 
 def _write_atomically(path, data):
-    """Write `data` to `path` in one `os.replace`: readers see the old file, the new one, or none."""
-    tmp = None
+    """Write `data` to `path` in one `os.replace`; a cache that cannot be written only costs a recompile."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".program.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomically(path, data)
     except OSError as e:
         logger.info("convnext_hub: could not save the compiled program %s (%s)", path, e)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

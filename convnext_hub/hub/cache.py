@@ -40,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from converters.version import CONVERTER_VERSION
 
-from ..cache_root import default_cache_dir
+from ..cache_root import default_cache_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +119,7 @@ class Refs:
         ref = self._path(name, revision)
         try:
             ref.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ref.", dir=ref.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(value)
-            os.replace(tmp, ref)
+            write_atomically(ref, value)
         except OSError as e:
             logger.debug("could not write cache ref %s (%s)", ref, e)
 
