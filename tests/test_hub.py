@@ -24,8 +24,10 @@ from converters.publish import publish
 from converters.version import CONVERTER_VERSION
 from convnext_hub.hub import Cache, CacheNotWritableError, WeightsUnavailableError, load_pretrained
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key
-from tests.checkpoint_factory import random_timm_model, save_pth, save_safetensors
-from tests.hub_server import fast_retries, local_hub, set_offline  # noqa: F401
+from tests.checkpoint_factory import save_pth
+from tests.checkpoint_factory import checkpoint  # noqa: F401  (fixture)
+from tests.hub_server import fast_retries, local_hub, set_offline, upload_timm_checkpoint  # noqa: F401
+from tests.timm_comparison import assert_close as shared_assert_close
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTO = "convnext_atto.d2_in1k"
@@ -36,21 +38,6 @@ IMAGES = np.random.default_rng(0).random((2, 64, 72, 3), dtype=np.float32)
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """`checkpoint(arch, seed)` -> (random timm model, its model.safetensors), built once per module."""
-    made = {}
-    folder = tmp_path_factory.mktemp("checkpoints")
-
-    def make(arch, seed=0):
-        if (arch, seed) not in made:
-            model = random_timm_model(arch, seed=seed)
-            made[arch, seed] = model, save_safetensors(model.state_dict(), folder / f"{arch}-{seed}.safetensors")
-        return made[arch, seed]
-
-    return make
-
-
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "convnext_hub_cache"
@@ -59,10 +46,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def upload(hub, tag, weights, filename="model.safetensors"):
-    """Commit `weights` (a file) and a timm-style config.json to `timm/<tag>`; returns the commit sha."""
-    arch = tag.split(".")[0]
-    config = {"architecture": arch, "num_classes": 1000, "pretrained_cfg": {"tag": tag.split(".", 1)[1]}}
-    return hub.add_commit(f"timm/{tag}", {filename: Path(weights), "config.json": json.dumps(config)})
+    """Commit `weights` and a timm-style config.json to `timm/<tag>` (the shared helper); returns the sha."""
+    return upload_timm_checkpoint(hub, tag, weights, filename=filename)
 
 
 def timm_out(model, images=IMAGES, fn=None):
@@ -77,8 +62,7 @@ def keras_out(model, images=IMAGES):
 
 
 def assert_close(actual, expected):
-    assert actual.shape == expected.shape
-    assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+    shared_assert_close(actual, expected, "Keras against timm")
 
 
 def entries(cache_dir, tag=ATTO):
