@@ -3,7 +3,9 @@
     python -m tests            # everything, as CI does
     python -m tests -x -k atto # extra arguments go to every pytest run
 
-Keras fixes its backend at import, so each backend gets its own pytest process.
+Keras fixes its backend at import, so each backend gets its own pytest process. The export and
+keras-hub tests build and export many models; they run in pytest processes of their own, so that
+what TensorFlow keeps of them does not add up with the rest of the suite in one 24 GB machine.
 """
 import os
 import subprocess
@@ -24,15 +26,25 @@ BACKEND_MODULES = [
 ]
 
 
+# Modules that get a pytest process of their own (per backend).
+ISOLATED_MODULES = ["tests/test_export.py", "tests/test_keras_hub.py"]
+
+
 def main(extra):
-    runs = [("tensorflow", [])] + [(b, BACKEND_MODULES + ["-m", "not backend_independent"]) for b in ("jax", "torch")]
+    rest = [m for m in BACKEND_MODULES if m not in ISOLATED_MODULES]
+    not_independent = ["-m", "not backend_independent"]
+    runs = [("tensorflow", [f"--ignore={m}" for m in ISOLATED_MODULES])]
+    runs += [("tensorflow", [m]) for m in ISOLATED_MODULES]
+    for backend in ("jax", "torch"):
+        runs += [(backend, rest + not_independent)] + [(backend, [m, *not_independent]) for m in ISOLATED_MODULES]
     failed = []
     for backend, args in runs:
-        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+        label = " ".join([backend, *(a for a in args if a in ISOLATED_MODULES)])
+        print(f"\n===== KERAS_BACKEND={label} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend)
         code = subprocess.call([sys.executable, "-m", "pytest", *args, *extra], env=env)
         if code:
-            failed.append(f"{backend} (exit {code})")
+            failed.append(f"{label} (exit {code})")
     print("\nfailed: " + ", ".join(failed) if failed else "\nall backends passed")
     return 1 if failed else 0
 

@@ -4,6 +4,7 @@ torch/torchvision (through timm) must be imported before TensorFlow: the other
 order crashes the process on some Linux machines. Importing them here, before
 any test module imports keras, makes the order impossible to get wrong.
 """
+import gc
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,3 +27,11 @@ def _seed_everything():
     np.random.seed(0)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_keras_state_between_modules():
+    """What Keras and TensorFlow keep of a module's models is released before the next module runs."""
+    yield
+    keras.backend.clear_session()
+    gc.collect()
