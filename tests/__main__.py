@@ -3,10 +3,12 @@
     python -m tests            # everything, as CI does
     python -m tests -x -k atto # extra arguments go to every pytest run
 
-Keras fixes its backend at import, so each backend gets its own pytest process. The export and
-keras-hub tests build and export many models; they run in pytest processes of their own, so that
-what TensorFlow keeps of them does not add up with the rest of the suite in one 24 GB machine.
+Keras fixes its backend at import, so each backend gets its own pytest processes. On TensorFlow
+every test module runs in a process of its own, and the export and keras-hub tests do on JAX and
+torch too: what TensorFlow keeps of the models a module builds added up to more than the 24 GB of
+the test machine when the whole suite shared one process.
 """
+import glob
 import os
 import subprocess
 import sys
@@ -33,13 +35,15 @@ ISOLATED_MODULES = ["tests/test_export.py", "tests/test_keras_hub.py"]
 def main(extra):
     rest = [m for m in BACKEND_MODULES if m not in ISOLATED_MODULES]
     not_independent = ["-m", "not backend_independent"]
-    runs = [("tensorflow", [f"--ignore={m}" for m in ISOLATED_MODULES])]
-    runs += [("tensorflow", [m]) for m in ISOLATED_MODULES]
+    here = os.path.dirname(os.path.abspath(__file__))
+    modules = sorted(os.path.relpath(m) for m in glob.glob(os.path.join(here, "test_*.py")))
+    runs = [("tensorflow", [m]) for m in modules]
     for backend in ("jax", "torch"):
         runs += [(backend, rest + not_independent)] + [(backend, [m, *not_independent]) for m in ISOLATED_MODULES]
     failed = []
     for backend, args in runs:
-        label = " ".join([backend, *(a for a in args if a in ISOLATED_MODULES)])
+        label = " ".join([backend, *(a for a in args if a.endswith(".py") and (backend == "tensorflow"
+                                                                              or a in ISOLATED_MODULES))])
         print(f"\n===== KERAS_BACKEND={label} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend)
         code = subprocess.call([sys.executable, "-m", "pytest", *args, *extra], env=env)
