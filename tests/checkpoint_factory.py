@@ -4,7 +4,6 @@ Models come from timm / transformers with every parameter randomized, so that
 a wrong mapping cannot hide behind an init value (ones, zeros, 1e-6).
 """
 import json
-import math
 import os
 import pathlib
 import re

@@ -14,7 +14,6 @@ import keras
 import numpy as np
 import pytest
 import skimage.data
-import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
