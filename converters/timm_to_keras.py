@@ -25,8 +25,6 @@ from pathlib import Path
 
 from . import cli
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json", ".ckpt")
-
 
 def _parse(argv):
     parser = argparse.ArgumentParser(
@@ -93,7 +91,9 @@ def read_source(args):
     path = Path(args.source)
     if path.exists():
         return Source(str(path), load_checkpoint(path, lazy=True))
-    if os.sep in args.source or "/" in args.source or args.source.lower().endswith(CHECKPOINT_SUFFIXES):
+    from convnext_hub.hub.loader import looks_like_path
+
+    if looks_like_path(args.source):
         raise FileNotFoundError(f"{args.source}: no such file or folder")
     return _from_hub(args)
 

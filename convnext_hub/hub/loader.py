@@ -64,7 +64,7 @@ def _weights(name, revision, cache_dir, local_files_only, token):
             entry = checkpoints.resolve(name)
         except checkpoints.UnknownCheckpointError:
             if not os.path.exists(name):
-                if _looks_like_path(name):
+                if looks_like_path(name):
                     raise FileNotFoundError(f"{name}: no such file or folder") from None
                 raise
         else:
@@ -74,7 +74,8 @@ def _weights(name, revision, cache_dir, local_files_only, token):
     return sources.from_local(name)
 
 
-def _looks_like_path(name):
+def looks_like_path(name):
+    """A name with a path separator or a checkpoint suffix means a file, never a registry name."""
     return isinstance(name, str) and (os.sep in name or "/" in name or name.lower().endswith(CHECKPOINT_SUFFIXES))
 
 
