@@ -8,9 +8,8 @@ from converters.conversion import export_timm_state_dict, load_timm_state_dict
 from .. import variants
 from ..families import create_from_structure
 from ..model import zeros_initialized
-from ..weights_io import load_weights_file
+from ..weights_io import HEAD_DEFAULTS, load_weights_file
 
-HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
 
 
 @dataclass
