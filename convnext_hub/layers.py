@@ -4,6 +4,8 @@ Every layer is registered for `.keras` serialization. The norms and GRN compute
 their statistics in float32 whatever the dtype policy, so mixed precision
 cannot overflow them (channel-first LayerNorm and GRN overflow in float16).
 """
+import contextlib
+import contextvars
 import os
 
 import keras
@@ -11,6 +13,89 @@ from keras import ops
 
 PACKAGE = "convnext_hub"
 _SQRT_HALF = 0.5**0.5
+_SQRT_TWO = 2.0**0.5
+_EXPORT_FORMAT = contextvars.ContextVar("convnext_hub_export_format", default=None)
+
+
+@contextlib.contextmanager
+def tracing_for_export(export_format):
+    """Layers traced inside write the op patterns that `export_format`'s runtime fuses.
+
+    onnxruntime fuses LayerNorm, RMSNorm and exact GELU into single kernels only
+    when it finds their textbook patterns; TensorFlow's own kernels (oneDNN, LiteRT's
+    converter) fuse other forms of the same arithmetic, so the ONNX forms are
+    written only while a model is traced for `format="onnx"` on TensorFlow.
+    """
+    token = _EXPORT_FORMAT.set(export_format)
+    try:
+        yield
+    finally:
+        _EXPORT_FORMAT.reset(token)
+
+
+class ExportsFusablePatterns:
+    """Model mixin: `export()` traces the layers with `tracing_for_export(format)`."""
+
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        with tracing_for_export(format):
+            return super().export(filepath, format=format, **kwargs)
+
+
+def _onnx_patterns():
+    return _EXPORT_FORMAT.get() == "onnx" and keras.backend.backend() == "tensorflow"
+
+
+def gelu(x):
+    """Exact GELU, `x/2 * (1 + erf(x/sqrt(2)))`, in each backend's fastest form.
+
+    TensorFlow: this order of the erf form is the one oneDNN fuses after a matmul
+    and LiteRT maps to its GELU builtin (`tf.nn.gelu`'s erfc has no ONNX op: tf2onnx
+    writes a graph onnxruntime rejects). For ONNX the divisor passes through
+    `check_numerics`, because constant folding (which tf2onnx runs) rewrites `x / c`
+    as `x * (1/c)`, and onnxruntime's GELU fusion matches only the division.
+    JAX: `jax.nn.gelu` goes through `erfc`, whose XLA expansion makes the GELU
+    fusion compute-bound. torch: Keras' exact GELU.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if _onnx_patterns():
+            divisor = tf.debugging.check_numerics(tf.constant(_SQRT_TWO, x.dtype), "GELU divisor")
+            return (x * 0.5) * (1.0 + tf.math.erf(x / divisor))
+        return (x * 0.5) * (1.0 + tf.math.erf(x * _SQRT_HALF))
+    if backend == "jax":
+        from jax import lax
+
+        return x * (0.5 * (1.0 + lax.erf(x * _SQRT_HALF)))
+    return keras.activations.gelu(x, approximate=False)
+
+
+def _tf_rows(x):
+    """`x` as a `(-1, channels)` matrix (TensorFlow).
+
+    In an ONNX graph the reshape also keeps tf2onnx's transpose optimizer from moving a
+    preceding NCHW->NHWC transpose below the statistics, which would then run over
+    axis 1 and no longer match onnxruntime's norm fusions.
+    """
+    import tensorflow as tf
+
+    return tf.reshape(x, (-1, x.shape[-1]))
+
+
+def _tf_unrows(y, like):
+    """`(-1, channels)` rows back to the leading shape of `like` (TensorFlow).
+
+    A constant target shape where at most one size is unknown: exported graphs then
+    need no shape arithmetic, which LiteRT's XNNPack delegate cannot take (each one
+    splits the graph).
+    """
+    import tensorflow as tf
+
+    leading = like.shape[:-1]
+    if sum(side is None for side in leading) > 1:  # unknown sizes: read them at run time
+        return tf.reshape(y, tf.concat([tf.shape(like)[:-1], [y.shape[-1]]], axis=0))
+    return tf.reshape(y, [-1 if side is None else side for side in leading] + [y.shape[-1]])
 
 
 def _check_rate(name, value):
@@ -93,12 +178,55 @@ class RMSNorm(keras.layers.Layer):
         return ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
 
     def call(self, x):
+        if _onnx_patterns() and type(self) is RMSNorm:
+            return self._onnx_call(x)
         x32 = ops.cast(x, "float32")
         out = x32 * self._inverse_scale(x32) * ops.cast(self.gamma, "float32")
         return ops.cast(out, self.compute_dtype)
 
+    def _onnx_call(self, x):
+        """`x / sqrt(mean(x^2) + epsilon) * gamma` on rows: onnxruntime's SimplifiedLayerNormalization."""
+        import tensorflow as tf
+
+        rows = _tf_rows(tf.cast(x, "float32"))
+        mean_square = tf.reduce_mean(tf.pow(rows, 2.0), axis=-1, keepdims=True)
+        out = rows / tf.sqrt(mean_square + self.epsilon) * tf.cast(self.gamma, "float32")
+        return tf.cast(_tf_unrows(out, x), self.compute_dtype)
+
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras' LayerNormalization over the last axis; same weights and results.
+
+    Traced for ONNX on TensorFlow it writes `(x - mean) / sqrt(var + epsilon) * gamma + beta`
+    on rows, the pattern onnxruntime fuses into one LayerNormalization kernel (Keras'
+    form `x * inv + (beta - mean * inv)` is left as about ten separate ops).
+    """
+
+    def call(self, inputs):
+        if not _onnx_patterns() or self.rms_scaling or not (self.center and self.scale):
+            return super().call(inputs)
+        if [axis % len(inputs.shape) for axis in self.axis] != [len(inputs.shape) - 1]:
+            return super().call(inputs)
+        import tensorflow as tf
+
+        rows = _tf_rows(tf.cast(inputs, "float32"))
+        centred = rows - tf.reduce_mean(rows, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.pow(centred, 2.0), axis=-1, keepdims=True)
+        out = centred / tf.sqrt(variance + self.epsilon) * tf.cast(self.gamma, "float32")
+        out = out + tf.cast(self.beta, "float32")
+        return tf.cast(_tf_unrows(out, inputs), self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GELU(keras.layers.Layer):
+    """Exact GELU as a layer (the `overlap_act` stem), through `gelu`."""
+
+    def call(self, x):
+        return gelu(x)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -139,7 +267,7 @@ class StochasticDepth(keras.layers.Layer):
 
 
 NORM_LAYERS = {
-    "layernorm": keras.layers.LayerNormalization,
+    "layernorm": LayerNorm,
     "rmsnorm2d": RMSNorm,
     "simplenorm": SimpleNorm,
 }
@@ -315,11 +443,9 @@ class Dense(keras.layers.Dense):
 
     torch: one `linear` (matmul + bias), and outside autograd a GELU applied in
     place on its result, which nothing else holds. TensorFlow: a 2-D `matmul`,
-    `bias_add` and the activation (GELU in its erf form), the pattern oneDNN fuses
-    into one kernel in a `tf.function` (Keras' batched matmul, add and GELU are
-    three kernels), reshaped back to a constant shape where at most one size is unknown. JAX: exact
-    GELU as `x/2 * (1 + erf(x/sqrt(2)))`, torch's formula; `jax.nn.gelu` goes through
-    `erfc`, whose XLA expansion makes the GELU fusion compute-bound (figures in the README).
+    `bias_add` and the activation, the pattern oneDNN fuses into one kernel in a
+    `tf.function` (Keras' batched matmul, add and GELU are three kernels). JAX: the
+    matmul and `gelu`'s erf form. GELU is `gelu` on TensorFlow and JAX.
     """
 
     def call(self, inputs, training=None):
@@ -344,12 +470,10 @@ class Dense(keras.layers.Dense):
         super().quantize(mode, type_check=False, config=config)
 
     def _jax_gelu_call(self, inputs):
-        from jax import lax
-
         y = ops.matmul(inputs, self.kernel)
         if self.use_bias:
             y = ops.add(y, self.bias)
-        return y * (0.5 * (1.0 + lax.erf(y * _SQRT_HALF)))
+        return gelu(y)
 
     def _torch_call(self, inputs):
         import torch
@@ -364,18 +488,10 @@ class Dense(keras.layers.Dense):
     def _tensorflow_call(self, inputs):
         import tensorflow as tf
 
-        kernel = self.kernel.value
-        rows = tf.reshape(inputs, (-1, kernel.shape[0]))
-        y = tf.nn.bias_add(tf.matmul(rows, kernel), self.bias.value)
-        if self.activation is keras.activations.gelu:
-            # tf.nn.gelu's erfc has no ONNX op (tf2onnx writes a graph onnxruntime rejects); this
-            # order of the erf form is the one oneDNN fuses and LiteRT maps to its GELU builtin.
-            y = (y * 0.5) * (1.0 + tf.math.erf(y * _SQRT_HALF))
-        else:
-            y = self.activation(y)
-        leading = inputs.shape[:-1]
-        if sum(side is None for side in leading) > 1:  # unknown sizes: read them at run time
-            return tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[1]]], axis=0))
-        # A constant target shape: exported graphs then need no shape arithmetic, which LiteRT's
-        # XNNPack delegate cannot take (each one splits the graph).
-        return tf.reshape(y, [-1 if side is None else side for side in leading] + [kernel.shape[1]])
+        if _onnx_patterns():
+            # A matmul at the input's rank, the bias and GELU after it: onnxruntime's MatMul and BiasGelu.
+            y = tf.matmul(inputs, self.kernel.value) + self.bias.value
+            return gelu(y) if self.activation is keras.activations.gelu else self.activation(y)
+        y = tf.nn.bias_add(tf.matmul(_tf_rows(inputs), self.kernel.value), self.bias.value)
+        y = gelu(y) if self.activation is keras.activations.gelu else self.activation(y)
+        return _tf_unrows(y, inputs)

@@ -12,7 +12,10 @@ import keras
 import numpy as np
 
 from . import fast_path
-from .layers import Conv2D, Dense, DepthwiseConv2D, GlobalResponseNorm, LayerScale, StochasticDepth, make_norm
+from .layers import (
+    GELU, Conv2D, Dense, DepthwiseConv2D, ExportsFusablePatterns, GlobalResponseNorm, LayerScale, StochasticDepth,
+    make_norm,
+)
 
 logger = logging.getLogger("convnext_hub")
 
@@ -70,7 +73,7 @@ def drop_path_rates(depths, drop_path_rate):
 
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
-class ConvNeXt(keras.Model):
+class ConvNeXt(ExportsFusablePatterns, keras.Model):
     """ConvNeXt V1 / V2 image model (channels-last inputs), mirroring timm's `ConvNeXt`.
 
     Args:
@@ -313,7 +316,7 @@ class Builder:
         return Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype, **_weight_init())
 
     def gelu(self, name):
-        return keras.layers.Activation("gelu", name=name, dtype=self.dtype)
+        return GELU(name=name, dtype=self.dtype)
 
     def stem(self, x, stem_type, dim):
         if stem_type == "patch":

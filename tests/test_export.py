@@ -164,6 +164,50 @@ def test_litert_dynamic_size_leaves_only_shape_arithmetic_off_xnnpack(litert_fil
     assert inside["FULLY_CONNECTED"] and inside["GELU"] and partitions > 1
 
 
+# --------------------------------------------------------------------------- ONNX graph
+
+def _expected_fusions(model):
+    """Fused kernels onnxruntime must make of `model`: one per norm layer and one per GELU (in a layer or a Dense)."""
+    from convnext_hub.layers import GELU, Dense, LayerNorm, RMSNorm, SimpleNorm
+
+    counts = {"LayerNormalization": 0, "SimplifiedLayerNormalization": 0, "Gelu": 0}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, LayerNorm):
+            counts["LayerNormalization"] += 1
+        elif isinstance(layer, RMSNorm) and not isinstance(layer, SimpleNorm):
+            counts["SimplifiedLayerNormalization"] += 1
+        elif isinstance(layer, GELU) or (isinstance(layer, Dense) and layer.activation is keras.activations.gelu):
+            counts["Gelu"] += 1
+    return counts
+
+
+@pytest.mark.parametrize("arch", [
+    "convnextv2_atto", pytest.param("convnext_atto_rms", marks=pytest.mark.slow), "convnext_zepto_rms_ols"])
+def test_onnx_norms_and_gelu_fuse_in_onnxruntime(arch, tmp_path):
+    """Every LayerNorm, RMSNorm and GELU of the exported graph becomes one onnxruntime kernel (as in timm's
+    own ONNX export), no erf or power is left unfused, and the artifact still equals timm (the stem GELU of
+    `_ols` models included: tf.nn.gelu's erfc used to make a graph onnxruntime rejects)."""
+    reason = export.support("onnx")
+    if reason or BACKEND != "tensorflow":
+        pytest.skip(f"onnx on {BACKEND}: {reason or 'the fused patterns are written by the TensorFlow path'}")
+    import onnx
+    import onnxruntime as ort
+
+    reference = random_timm_model(arch, num_classes=NUM_CLASSES, seed=3)
+    model = convert(state_dict_numpy(reference))
+    path = export.export(model, tmp_path, ["onnx"])["onnx"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    expected = _expected_fusions(model)
+    fused = {op: ops.count(op) + (ops.count("BiasGelu") if op == "Gelu" else 0) for op in expected}
+    assert fused == expected and expected["Gelu"] > 0, (fused, expected)
+    assert not {"Erf", "Pow"} & set(ops), sorted(set(ops))
+    report = export.check_artifacts({"onnx": path}, model, reference, _inputs()[1])["onnx"]
+    assert report.passed, "\n".join(report.lines())
+
+
 # --------------------------------------------------------------------------- int8
 
 

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 from keras_hub.models import FeaturePyramidBackbone
 
+from ..layers import ExportsFusablePatterns
 from ..model import STAGE_STRIDES, Builder, check_input_shape
 
 NUM_STAGES = len(STAGE_STRIDES)
@@ -29,7 +30,7 @@ def _check(depths, dims, kernel_size, drop_path_rate):
 
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
-class ConvNeXtBackbone(FeaturePyramidBackbone):
+class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
     """ConvNeXt V1 / V2 feature extractor (channels-last), with timm's layers and weights.
 
     The layers are those of `convnext_hub.ConvNeXt` up to its last stage, built

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 from keras_hub.models import ImageClassifier, Task
 
+from ..layers import ExportsFusablePatterns
 from ..model import Builder
 from .convnext_backbone import ConvNeXtBackbone
 from .convnext_image_classifier_preprocessor import ConvNeXtImageClassifierPreprocessor
@@ -11,7 +12,7 @@ POOLINGS = ("avg", "max")
 
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
-class ConvNeXtImageClassifier(ImageClassifier):
+class ConvNeXtImageClassifier(ExportsFusablePatterns, ImageClassifier):
     """Image classification with a `ConvNeXtBackbone` and timm's ConvNeXt head.
 
     keras-hub's default head is pool -> dropout -> Dense; ConvNeXt's is pool ->
