@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from convnext_hub.families import create_from_structure, create_model
-from convnext_hub.fast_path import forget_deferred_variables
+from convnext_hub.fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
@@ -49,7 +49,8 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
     return load_timm_state_dict(model, state_dict, source=source, progress=progress)
 
 
-def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, **model_kwargs):
+def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, keep_weights=False,
+                            **model_kwargs):
     """Writes the `.weights.h5` of `convert(...)` without ever holding the weights in memory.
 
     The model is built as a shell (variables declared, never allocated); Keras'
@@ -57,34 +58,42 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     checkpoint as it goes (the next tensor while this one is written). Same
     checks and errors as `convert`; returns the shell model (architecture and
     config, no weights).
+
+    With `keep_weights=True` each variable also takes the value just written, so the
+    returned model is `convert(...)`'s, loaded in the same pass over the checkpoint
+    (a first load needs no second read of the file it wrote).
     """
     source = _source_name(state_dict, source)
     with keras.StatelessScope(initialize_variables=False):
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
     plan = plan_weights(model, state_dict, source=source)
-    values = _read_ahead(plan)
+    values = _read_ahead(plan, reuse_arrays=not keep_weights)  # a kept value must keep its array
     bar = _progress_bar(plan) if progress else None
     for layer in model.layers:
         if layer.weights:
-            layer.save_own_variables = _streaming_saver(layer, values, bar)
+            layer.save_own_variables = _streaming_saver(layer, values, bar, keep_weights)
     try:
         model.save_weights(path)
+        if keep_weights:
+            initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
         values.close()
         if bar is not None:
             bar.close()
+        for layer in model.layers:
+            layer.__dict__.pop("save_own_variables", None)
         forget_deferred_variables(model)  # else the next model build would allocate and initialise the shell
     return model
 
 
-def _read_ahead(plan):
+def _read_ahead(plan, reuse_arrays=True):
     """Yields `(variable, value)` in plan order, reading the next tensor in a thread meanwhile.
 
-    Values live in two sets of reused arrays, taking turns: the caller must be
-    done with a value when it asks for the next one. Reusing them spares
+    With `reuse_arrays`, values live in two sets of reused arrays, taking turns: the
+    caller must be done with a value when it asks for the next one. Reusing them spares
     faulting in fresh memory for every big tensor (seconds for a 2.6 GB model).
     """
-    scratches = (_Scratch(), _Scratch())
+    scratches = (_Scratch(), _Scratch()) if reuse_arrays else (None, None)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = None
         for index, (variable, read) in enumerate(plan):
@@ -113,15 +122,18 @@ class _Scratch:
         return scratch
 
 
-def _streaming_saver(layer, values, bar):
+def _streaming_saver(layer, values, bar, keep_weights):
     """`layer.save_own_variables` writing the checkpoint's values, which come in Keras' saving order
-    (layers in model order, each layer's variables in creation order, as `weight_slots`)."""
+    (layers in model order, each layer's variables in creation order, as `weight_slots`); with
+    `keep_weights`, each variable is also initialised with its value."""
     def save_own_variables(store):
         for i, variable in enumerate(layer.trainable_variables + layer.non_trainable_variables):
             planned, value = next(values)
             if planned is not variable:
                 raise RuntimeError(f"Keras saves {variable.path} where {planned.path} was expected")
             store[str(i)] = value
+            if keep_weights:
+                initialize_deferred(variable, value)
             if bar is not None:
                 bar.update()
     return save_own_variables

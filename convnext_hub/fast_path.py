@@ -19,7 +19,8 @@ float rounding (XLA fuses the whole forward).
 `CONVNEXT_HUB_FAST_PATH=0` turns both fast paths off.
 
 `forget_deferred_variables` keeps a throwaway model built without its weights
-(the streaming converter's shell) from being initialised later.
+(the streaming converter's shell) from being initialised later;
+`initialize_deferred` gives a shell's variable its value instead (a first load).
 """
 import logging
 import os
@@ -138,5 +139,22 @@ def forget_deferred_variables(model):
         return
     pending = global_state.get_global_attribute("uninitialized_variables")
     if isinstance(pending, list):
-        shell = {id(v) for v in model.weights}
+        shell = {id(v) for v in model.variables}
         pending[:] = [v for v in pending if id(v) not in shell]
+
+
+def initialize_deferred(variable, value):
+    """Give a shell's never-initialised variable the array `value` (which it may keep: no copy is made).
+
+    Reads Keras' private `_initialize_with_initializer`, the step `_deferred_initialize`
+    runs with the variable's initializer (checked with `CHECKED_KERAS_VERSIONS`).
+    """
+    variable._initialize_with_initializer(lambda shape, dtype: value)
+    variable._initializer = None
+
+
+def initialize_deferred_variables(model):
+    """Initialise, with their own initializers, the variables of a shell still without a value."""
+    for variable in model.variables:  # weights and the state of random seed generators
+        if getattr(variable, "_value", 0) is None:
+            variable._deferred_initialize()

@@ -109,6 +109,36 @@ def test_first_download_matches_timm_and_fills_cache(local_hub, checkpoint, cach
     assert "licensed apache-2.0" in caplog.text
 
 
+def test_first_load_keeps_the_converted_model_and_reads_nothing_back(local_hub, checkpoint, cache_dir, tmp_path,
+                                                                     monkeypatch):
+    """The conversion's model is the one returned (no load of the weights file it wrote), equal to timm and
+    complete: it saves and reloads as `.keras` and trains; other arguments still get a model of their own."""
+    timm_model, weights = checkpoint("convnextv2_atto")
+    upload(local_hub, V2_ATTO, weights)
+    real_load_weights = keras.Model.load_weights
+    reads = []
+
+    def counted_load_weights(self, *args, **kwargs):
+        reads.append(args)
+        return real_load_weights(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "load_weights", counted_load_weights)
+    first = load_pretrained(V2_ATTO, cache_dir=cache_dir)
+    assert not reads, "the first load read its weights file back"
+    expected = timm_out(timm_model)
+    assert_close(keras_out(first), expected)
+    assert first.pretrained_cfg["name"] == V2_ATTO
+
+    first.save(tmp_path / "first.keras")  # every variable has a value, and Keras' own saver is back in place
+    assert_close(keras_out(keras.saving.load_model(tmp_path / "first.keras")), expected)
+    first.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    first.train_on_batch(IMAGES, np.array([1, 2]))
+    assert np.abs(keras_out(first) - expected).max() > 1e-3, "a training step changed nothing"
+
+    other = load_pretrained(V2_ATTO, cache_dir=cache_dir, num_classes=5)
+    assert len(reads) == 1 and other.num_classes == 5  # from the entry, into a model of its own
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="the torch backend needs torch")
 def test_cached_load_reads_no_source_and_needs_no_torch(local_hub, checkpoint, cache_dir, tmp_path):
     timm_model, weights = checkpoint("convnext_atto")

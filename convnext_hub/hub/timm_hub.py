@@ -41,20 +41,22 @@ def from_registry(entry, cache, revision=None, token=None, local_files_only=Fals
     """
     name, revision = entry["name"], revision or "main"
     offline = fetch.is_offline(local_files_only)
-    hit = None
+    hit, converted = None, None
     if offline or _is_commit(revision):
         hit = cache.lookup_revision(name, revision, wait=False)
     if hit is None and not offline:
         remote = _locate(entry, revision, token)
         if remote is not None:
-            hit = _cached_conversion(entry, cache, revision, remote, lambda: fetch.download(remote, token))
+            hit, converted = _cached_conversion(entry, cache, revision, remote, lambda: fetch.download(remote, token))
         else:
             hit = cache.lookup_revision(name, revision, wait=False)
             logger.warning("%s: %s", entry["hf_hub_id"], f"using the cached conversion {hit.path}" if hit else
                            "looking in huggingface_hub's cache")
     if hit is None:  # downloads are by commit, so look for the commit `revision` last had
-        hit = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
-    return CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only))
+        hit, converted = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
+    weights = CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only))
+    weights.converted = converted
+    return weights
 
 
 @dataclass
@@ -64,13 +66,17 @@ class CachedWeights(Weights):
     The check is confirmed before the weights are read; a corrupt entry is
     deleted and the weights come from `rebuild()` (a new conversion) instead.
     The entry's head is known from its metadata, so its file goes straight to
-    Keras' `load_weights` (no probing of the file, no second model).
+    Keras' `load_weights` (no probing of the file, no second model). Right after
+    a conversion, `converted` holds the model the conversion loaded in passing:
+    `build` hands it out (once) when it is the model asked for.
     """
 
     entry: Entry | None = None
     cache: Cache | None = None
     rebuild: Callable[[], Weights] | None = None
+    converted: keras.Model | None = field(default=None, repr=False)
     _confirmed: Weights | None = field(default=None, init=False, repr=False)
+    _handed_out: keras.Model | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, registry_entry, hit, cache, rebuild):
@@ -87,6 +93,16 @@ class CachedWeights(Weights):
             rebuild=rebuild,
         )
 
+    def build(self, **model_kwargs):
+        """The converted model when `model_kwargs` ask for the stored model as it is, else a new one."""
+        model, self.converted = self.converted, None
+        wanted = {key: value for key, value in model_kwargs.items() if key != "pretrained_cfg"}
+        if model is None or wanted != {"num_classes": model.num_classes}:
+            return super().build(**model_kwargs)
+        model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
+        self._handed_out = model
+        return model
+
     def confirmed(self):
         """These weights once the entry's hash checks out, else the weights of a new conversion."""
         if self._confirmed is None:
@@ -95,6 +111,8 @@ class CachedWeights(Weights):
 
     def load_into(self, model):
         """Keras' own `load_weights` of the entry when `model` has the stored head, else through timm keys."""
+        if model is self._handed_out:  # holds the weights already, written and hashed just now
+            return model
         weights = self.confirmed()
         if weights is not self:
             return weights.load_into(model)
@@ -147,38 +165,45 @@ def _from_hf_cache(entry, cache, revision, offline):
 
 
 def _cached_conversion(entry, cache, revision, remote, local_path):
-    """The cache entry of `remote` (hash check pending), converting `local_path()` into it when missing."""
+    """`(entry, model)`: the cache entry of `remote` (hash check pending), converting `local_path()` into it
+    when missing; `model` is the model that conversion loaded in passing, else None."""
     name, key = entry["name"], entry_key(remote.etag)
-    hit = cache.lookup(name, key, wait=False) or cache.store(
-        name, key, lambda folder: convert_source(local_path(), entry, remote, folder))
+    converted = {}
+
+    def write(folder):
+        meta, converted["model"] = convert_source(local_path(), entry, remote, folder)
+        return meta
+
+    hit = cache.lookup(name, key, wait=False) or cache.store(name, key, write)
     for ref in {revision, remote.commit}:
         cache.entry_refs.write(name, ref, key)
-    return hit
+    return hit, converted.get("model")
 
 
 def convert_source(path, entry, remote, folder):
-    """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`; the entry's metadata.
+    """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`: `(metadata, model)`.
 
     The weights stream from the checkpoint into the Keras weights file one
-    tensor at a time (`converters.convert_to_weights_file`): the model is a
-    shell that never holds them, so a conversion adds little to the memory of
-    the load that follows.
+    tensor at a time (`converters.convert_to_weights_file`), and each also
+    becomes the value of the returned model's variable: the load that follows a
+    conversion gets that model instead of reading the file back.
     """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    shell = convert_to_weights_file(
-        read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE), arch=entry["architecture"], source=path)
-    return {
+    model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
+                                    arch=entry["architecture"], source=path, keep_weights=True)
+    meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],
-        "num_classes": shell.num_classes,
+        "num_classes": model.num_classes,
         "source": remote.as_dict(),
         "converter_version": CONVERTER_VERSION,
         "keras_version": keras.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
+    return meta, model
 
 
 def _require_torch(remote):
