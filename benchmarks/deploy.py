@@ -19,7 +19,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,7 +27,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402  torch and timm before TensorFlow: the other order crashes some Linux machines
 import timm  # noqa: E402,F401
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import report  # noqa: E402
+
 OUR_FORMATS = ("onnx", "openvino", "litert", "saved_model")
 BASELINE = "timm eager"
 
@@ -169,29 +171,13 @@ def measure(arch, size, batches, rounds):
     return rows
 
 
-def chart(rows, path):
+def chart(rows, name):
     """Bars: each runtime's speed as a ratio to timm eager, one group per model and batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(r["model"], r["batch"]) for r in rows})
-    runtimes = [n for n in dict.fromkeys(r["runtime"] for r in rows)]
-    width = 0.8 / len(runtimes)
-    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(groups)), 4.5))
-    for i, runtime in enumerate(runtimes):
-        values = [next((r["vs_timm_eager"] for r in rows if (r["model"], r["batch"]) == g and r["runtime"] == runtime),
-                       0.0) for g in groups]
-        ax.bar([g + i * width for g in range(len(groups))], values, width, label=runtime)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in groups])
-    ax.set_ylabel("images/s, ratio to timm eager")
-    ax.set_title(f"CPU inference, float32 unless int8 ({rows[0]['size']}x{rows[0]['size']})")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    groups = {}
+    for r in rows:
+        groups.setdefault(f"{r['model']}\nbatch {r['batch']}", {})[r["runtime"]] = r["vs_timm_eager"]
+    title = f"CPU inference, images/s / timm eager's (float32 unless int8; {rows[0]['size']}x{rows[0]['size']})"
+    return report.bar_chart(name, title, groups, "ratio to timm eager", reference=1.0)
 
 
 def main():
@@ -201,17 +187,13 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.models, args.size, args.batches, args.rounds = ["convnext_atto", "convnextv2_atto"], 64, [1, 2], 3
     torch.set_num_threads(os.cpu_count())
     rows = [row for arch in args.models for row in measure(arch, args.size, args.batches, args.rounds)]
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "deploy_quick" if args.quick else "deploy"
-    (args.out / f"{name}.json").write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))
-    chart(rows, args.out / f"{name}.png")
-    print(f"wrote {args.out / name}.json and .png")
+    print(f"wrote {report.write_json(name, {'rows': rows})} and {chart(rows, name)}")
 
 
 if __name__ == "__main__":

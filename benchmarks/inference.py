@@ -14,6 +14,11 @@ depthwise formulation (`convnext_hub.layers.DepthwiseConv2D.JAX_FORMULATIONS`, o
 holds each low-precision output against the other side's float32 output.
 `--smoke` runs those code paths on the CPU at whatever size is given, to check the
 script before a GPU run.
+
+On the CPU in float32 each row also gives both sides' fraction of the matrix-product
+bound: the machine's best fp32 matrix product (measured here, `matmul_bound_gflops`)
+sets the least time the model's Dense and Conv2D products can take. Without `--json`
+a CPU run writes `results/inference.json` and `inference.png`.
 """
 import argparse
 import contextlib
@@ -49,6 +54,35 @@ def _time(fn, seconds):
         durations.append(time.perf_counter() - t0)
     durations.sort()
     return durations[len(durations) // 2]
+
+
+def matmul_gflop(model, batch):
+    """GFLOP of the model's matrix products per batch: every Dense and (non-depthwise) Conv2D at its output size."""
+    import math
+
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+            positions = batch * math.prod(layer.output.shape[1:-1])
+            total += 2 * math.prod(layer.kernel.shape) * positions
+    return total / 1e9
+
+
+def matmul_bound_gflops(seconds=1.0):
+    """The machine's fp32 matrix-product speed, GFLOP/s: the best torch `mm` over a few square sizes.
+
+    A forward whose matrix products need F GFLOP cannot take less than F / this.
+    """
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / _time(lambda: torch.mm(a, b), seconds) / 1e9)
+    return best
 
 
 def environment():
@@ -233,6 +267,7 @@ def measure(args):
     import convnext_hub
 
     device = "cuda" if args.gpu and not args.smoke else "cpu"
+    bound = matmul_bound_gflops() if device == "cpu" and args.dtype == "float32" else None
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     formulations = args.depthwise or [None]
     results = []
@@ -265,15 +300,28 @@ def measure(args):
             for f, run in runs.items():
                 keras_s[f].append(_time(run, args.seconds))
         timm_ips = args.batch / min(timm_s)
+        gflop = matmul_gflop(model, args.batch)
         for f in formulations:
             keras_ips = args.batch / min(keras_s[f])
+            fraction = {}
+            if bound:  # the fastest possible forward (its matrix products at the bound) / the measured one
+                fraction = dict(matmul_gflop=round(gflop, 2), bound_gflops=round(bound, 1),
+                                keras_fraction_of_bound=round(gflop / bound * keras_ips / args.batch, 3),
+                                timm_fraction_of_bound=round(gflop / bound * timm_ips / args.batch, 3))
             results.append(dict(
                 model=name, backend=keras.backend.backend(), dtype=args.dtype, batch=args.batch, size=args.size,
                 depthwise=f or "auto", keras_img_s=round(keras_ips, 2), timm_img_s=round(timm_ips, 2),
                 ratio=round(keras_ips / timm_ips, 3),
-                timm_mode="torch.compile" if args.timm_compile else "eager", check=check,
+                timm_mode="torch.compile" if args.timm_compile else "eager", check=check, **fraction,
             ))
         print("RESULT " + json.dumps(dict(results=results, environment=environment())), flush=True)
+
+
+def _bound_column(row):
+    """Keras / timm fraction of the matrix-product bound, e.g. "0.61/0.48"."""
+    if "keras_fraction_of_bound" not in row:
+        return "-"
+    return f"{row['keras_fraction_of_bound']:.2f}/{row['timm_fraction_of_bound']:.2f}"
 
 
 def main(argv=None):
@@ -315,18 +363,30 @@ def main(argv=None):
         env_info = out["environment"]
 
     print(f"{'model':<18}{'backend':<12}{'depthwise':<13}{'dtype':<10}{'batch':>6}"
-          f"{'keras img/s':>13}{'timm img/s':>12}{'ratio':>8}  check")
+          f"{'keras img/s':>13}{'timm img/s':>12}{'ratio':>8}{'bound K/t':>11}  check")
     for r in rows:
         check = r["check"]
         verdict = "-" if check is None else (
             f"{'PASS' if check['passed'] else 'FAIL'} (max|d| {check['keras_low_vs_timm_fp32'][r['depthwise']]:.1e}"
             f" x max|timm fp32|; timm's own {check['timm_low_vs_timm_fp32']:.1e})")
         print(f"{r['model']:<18}{r['backend']:<12}{r['depthwise']:<13}{r['dtype']:<10}{r['batch']:>6}"
-              f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>8}  {verdict}")
+              f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>8}"
+              f"{_bound_column(r):>11}  {verdict}")
     print(f"timm mode: {rows[0]['timm_mode'] if rows else '-'}; machine: {os.cpu_count()} CPUs")
     if args.json:
         write_json(args.json, dict(benchmark="inference", argv=argv if argv is not None else sys.argv[1:],
                                    results=rows, failures=failures, environment=env_info))
+    if rows and not args.gpu and args.json is None:  # the CPU figures the README shows
+        sys.path.insert(0, str(REPO_ROOT))
+        from benchmarks import report
+
+        report.write_json("inference", dict(results=rows, failures=failures, environment=env_info))
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["model"], {})[r["backend"]] = r["ratio"]
+        report.bar_chart("inference", f"Keras on CPU, images/s / timm eager's ({rows[0]['dtype']}, batch "
+                         f"{rows[0]['batch']}, {rows[0]['size']}x{rows[0]['size']})", groups, "ratio to timm",
+                         reference=1.0)
     return 0 if rows and not failures else 1
 
 
