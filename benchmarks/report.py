@@ -36,7 +36,7 @@ def bar_chart(name, title, groups, ylabel, reference=None):
         return None
     series = list(dict.fromkeys(s for values in groups.values() for s in values))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(len(series), 1) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 2 + 0.35 * len(groups) * len(series))), 4.5))
     for i, label in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ys = [values.get(label, 0.0) for values in groups.values()]
