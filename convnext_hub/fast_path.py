@@ -149,8 +149,16 @@ def initialize_deferred(variable, value):
     Reads Keras' private `_initialize_with_initializer`, the step `_deferred_initialize`
     runs with the variable's initializer (checked with `CHECKED_KERAS_VERSIONS`).
     """
-    variable._initialize_with_initializer(lambda shape, dtype: value)
+    def stored(shape, dtype):
+        return value if keras.backend.standardize_dtype(value.dtype) == dtype else keras.ops.cast(value, dtype)
+
+    variable._initialize_with_initializer(stored)
     variable._initializer = None
+
+
+def is_shell(model):
+    """True when `model`'s weights were declared but never given values (built as a shell)."""
+    return any(getattr(variable, "_value", 0) is None for variable in model.weights)
 
 
 def initialize_deferred_variables(model):

@@ -9,8 +9,11 @@ import zipfile
 from pathlib import Path
 
 import h5py
+import keras
+import numpy as np
 
 from . import saved_folder
+from .fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables, is_shell
 from .model import HEAD_LAYERS, zeros_initialized
 from .variants import structure_mismatches, structure_of
 
@@ -119,6 +122,56 @@ def load_weights_file(model, path):
         "%s: head layers left freshly initialised (%s): the file's head (num_classes=%d) differs from the "
         "model's (num_classes=%d).", path, ", ".join(fresh), stored["num_classes"], model.num_classes,
     )
+
+
+def build_shell(build):
+    """The model `build()` makes, its variables declared but not allocated: `fill_shell` gives them values.
+
+    Loading a stored model this way allocates each weight once, from the file,
+    instead of filling it with zeros first and overwriting it (on JAX the zeros
+    also cost a dispatch, and a compilation, per variable).
+    """
+    with keras.StatelessScope(initialize_variables=False):
+        return build()
+
+
+def fill_shell(model, path):
+    """Loads the weights file `path` of exactly this model into the shell `model` (see `build_shell`).
+
+    Keras' own `load_weights` walks the file; each layer's `load_own_variables`
+    initialises its variables from the stored arrays (shapes checked) instead of
+    assigning them. Raises ValueError, as `load_weights` does, when the file does
+    not fit; the shell is then unusable. A model that is no shell gets `load_weights`.
+    """
+    if not is_shell(model):
+        model.load_weights(path)
+        return model
+    for layer in model.layers:
+        if layer.weights:
+            layer.load_own_variables = _shell_loader(layer, path)
+    try:
+        model.load_weights(path)
+        initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
+    finally:
+        for layer in model.layers:
+            layer.__dict__.pop("load_own_variables", None)
+        forget_deferred_variables(model)
+    return model
+
+
+def _shell_loader(layer, path):
+    def load_own_variables(store):
+        variables = layer.trainable_variables + layer.non_trainable_variables
+        if len(store.keys()) != len(variables):
+            raise ValueError(f"{path}: layer {layer.name!r} has {len(store.keys())} stored variables, "
+                             f"the model {len(variables)}")
+        for i, variable in enumerate(variables):
+            value = np.asarray(store[str(i)])
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(f"{path}: {variable.path} is stored with shape {tuple(value.shape)}, "
+                                 f"expected {tuple(variable.shape)}")
+            initialize_deferred(variable, value)
+    return load_own_variables
 
 
 def _weights_and_config(model, path):

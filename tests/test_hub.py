@@ -139,6 +139,33 @@ def test_first_load_keeps_the_converted_model_and_reads_nothing_back(local_hub, 
     assert len(reads) == 1 and other.num_classes == 5  # from the entry, into a model of its own
 
 
+def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkpoint, cache_dir, monkeypatch):
+    """A cached load builds the model without values (a shell) and gives each weight its stored array, rather
+    than zeros to be overwritten (a pass over the weights, and on JAX a dispatch per variable); another head
+    gets an initialised model and the entry's weights through timm keys."""
+    from convnext_hub.fast_path import is_shell
+    from convnext_hub.hub import timm_hub
+
+    timm_model, weights = checkpoint("convnext_atto")
+    upload(local_hub, ATTO, weights)
+    load_pretrained(ATTO, cache_dir=cache_dir)  # converts
+    filled = []
+    real_fill = timm_hub.fill_shell
+
+    def recording_fill(model, path):
+        filled.append(is_shell(model))
+        return real_fill(model, path)
+
+    monkeypatch.setattr(timm_hub, "fill_shell", recording_fill)
+    model = load_pretrained(ATTO, cache_dir=cache_dir)
+    assert filled == [True] and not is_shell(model)
+    assert_close(keras_out(model), timm_out(timm_model))
+    other = load_pretrained(ATTO, cache_dir=cache_dir, num_classes=3)
+    assert other.num_classes == 3 and not is_shell(other)
+    for stored, loaded in zip(model.get_layer("stem_0").get_weights(), other.get_layer("stem_0").get_weights()):
+        np.testing.assert_array_equal(loaded, stored)
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="the torch backend needs torch")
 def test_cached_load_reads_no_source_and_needs_no_torch(local_hub, checkpoint, cache_dir, tmp_path):
     timm_model, weights = checkpoint("convnext_atto")

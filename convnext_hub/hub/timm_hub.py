@@ -12,6 +12,7 @@ from converters.conversion import convert_to_weights_file, export_timm_state_dic
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
+from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, read_timm_state_dict
 
@@ -94,14 +95,20 @@ class CachedWeights(Weights):
         )
 
     def build(self, **model_kwargs):
-        """The converted model when `model_kwargs` ask for the stored model as it is, else a new one."""
+        """The conversion's model when `model_kwargs` ask for the stored model as it is; else, with the stored
+        head, a shell that `load_into` fills from the entry (`weights_io.build_shell`); else a new model."""
         model, self.converted = self.converted, None
         wanted = {key: value for key, value in model_kwargs.items() if key != "pretrained_cfg"}
-        if model is None or wanted != {"num_classes": model.num_classes}:
-            return super().build(**model_kwargs)
-        model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
-        self._handed_out = model
-        return model
+        if model is not None and wanted == {"num_classes": model.num_classes}:
+            model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
+            self._handed_out = model
+            return model
+        if self._holds_head_of(model_kwargs):  # `load_into` fills it from the entry
+            return build_shell(lambda: super(CachedWeights, self).build(**model_kwargs))
+        return super().build(**model_kwargs)
+
+    def _holds_head_of(self, model_kwargs):
+        return all(model_kwargs.get(flag, HEAD_DEFAULTS[flag]) == stored for flag, stored in self.stored_config.items())
 
     def confirmed(self):
         """These weights once the entry's hash checks out, else the weights of a new conversion."""
@@ -110,14 +117,15 @@ class CachedWeights(Weights):
         return self._confirmed
 
     def load_into(self, model):
-        """Keras' own `load_weights` of the entry when `model` has the stored head, else through timm keys."""
+        """Keras' own `load_weights` of the entry (into `build`'s shell) when `model` has the stored head,
+        else through timm keys."""
         if model is self._handed_out:  # holds the weights already, written and hashed just now
             return model
         weights = self.confirmed()
         if weights is not self:
             return weights.load_into(model)
         if all(getattr(model, flag) == stored for flag, stored in self.stored_config.items()):
-            model.load_weights(self.keras_file)  # the entry holds exactly this model's weights
+            fill_shell(model, self.keras_file)  # the entry holds exactly this model's weights
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
@@ -127,8 +135,7 @@ class CachedWeights(Weights):
         if weights is not self:
             return weights.as_timm_state_dict()
         if self.state_dict is None:
-            stored = self.build(**self.stored_config)
-            stored.load_weights(self.keras_file)
+            stored = fill_shell(build_shell(lambda: Weights.build(self, **self.stored_config)), self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
 
