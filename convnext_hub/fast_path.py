@@ -20,7 +20,9 @@ float rounding (XLA fuses the whole forward).
 
 `forget_deferred_variables` keeps a throwaway model built without its weights
 (the streaming converter's shell) from being initialised later;
-`initialize_deferred` gives a shell's variable its value instead (a first load).
+`initialize_deferred` gives a shell's variable its value instead (a first load, a
+cached load); where a Keras release lacks what it reads (`shells_supported`),
+models are built with values and loaded with `load_weights`.
 """
 import logging
 import os
@@ -141,6 +143,11 @@ def forget_deferred_variables(model):
     if isinstance(pending, list):
         shell = {id(v) for v in model.variables}
         pending[:] = [v for v in pending if id(v) not in shell]
+
+
+def shells_supported():
+    """True when this Keras has the variable internals `initialize_deferred` and `is_shell` read."""
+    return all(hasattr(keras.Variable, name) for name in ("_initialize_with_initializer", "_deferred_initialize"))
 
 
 def initialize_deferred(variable, value):

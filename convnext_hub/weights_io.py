@@ -13,7 +13,9 @@ import keras
 import numpy as np
 
 from . import saved_folder
-from .fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables, is_shell
+from .fast_path import (
+    forget_deferred_variables, initialize_deferred, initialize_deferred_variables, is_shell, shells_supported,
+)
 from .model import HEAD_LAYERS, zeros_initialized
 from .variants import structure_mismatches, structure_of
 
@@ -131,6 +133,8 @@ def build_shell(build):
     instead of filling it with zeros first and overwriting it (on JAX the zeros
     also cost a dispatch, and a compilation, per variable).
     """
+    if not shells_supported():  # a Keras without the internals `fill_shell` needs: a model with values
+        return build()
     with keras.StatelessScope(initialize_variables=False):
         return build()
 

@@ -166,6 +166,22 @@ def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkp
         np.testing.assert_array_equal(loaded, stored)
 
 
+def test_without_shell_internals_loads_build_models_with_values(local_hub, checkpoint, cache_dir, monkeypatch):
+    """A Keras without the variable internals shells need: first and cached loads build ordinary models."""
+    from convnext_hub import weights_io
+    from convnext_hub.fast_path import is_shell
+    from convnext_hub.hub import timm_hub
+
+    monkeypatch.setattr(weights_io, "shells_supported", lambda: False)
+    monkeypatch.setattr(timm_hub, "shells_supported", lambda: False)
+    timm_model, weights = checkpoint("convnext_atto")
+    upload(local_hub, ATTO, weights)
+    for _ in ("first", "cached"):
+        model = load_pretrained(ATTO, cache_dir=cache_dir)
+        assert not is_shell(model)
+        assert_close(keras_out(model), timm_out(timm_model))
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="the torch backend needs torch")
 def test_cached_load_reads_no_source_and_needs_no_torch(local_hub, checkpoint, cache_dir, tmp_path):
     timm_model, weights = checkpoint("convnext_atto")

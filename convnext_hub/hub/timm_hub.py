@@ -12,6 +12,7 @@ from converters.conversion import convert_to_weights_file, export_timm_state_dic
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
+from ..fast_path import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, read_timm_state_dict
@@ -198,8 +199,9 @@ def convert_source(path, entry, remote, folder):
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
+    keep = shells_supported()
     model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
-                                    arch=entry["architecture"], source=path, keep_weights=True)
+                                    arch=entry["architecture"], source=path, keep_weights=keep)
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],
@@ -210,7 +212,7 @@ def convert_source(path, entry, remote, folder):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
-    return meta, model
+    return meta, model if keep else None
 
 
 def _require_torch(remote):
