@@ -208,6 +208,37 @@ def test_onnx_norms_and_gelu_fuse_in_onnxruntime(arch, tmp_path):
     assert report.passed, "\n".join(report.lines())
 
 
+@pytest.mark.parametrize("task", ["classifier", "backbone"])
+def test_keras_hub_models_export_the_fused_patterns(task, tmp_path):
+    """keras-hub's ConvNeXtImageClassifier and ConvNeXtBackbone, exported with their own `export`, give the
+    same fused onnxruntime graph and the same outputs as the ConvNeXt they were made from."""
+    if export.support("onnx") or BACKEND != "tensorflow":
+        pytest.skip(f"onnx on {BACKEND}: {export.support('onnx') or 'the fused patterns are TensorFlow paths'}")
+    import onnx
+    import onnxruntime as ort
+
+    from convnext_hub.keras_hub import from_model
+
+    model = convert(state_dict_numpy(random_timm_model("convnextv2_atto", num_classes=NUM_CLASSES, seed=4)))
+    keras_hub_model = from_model(model, task=task)
+    images = _inputs()[1]
+    expected = keras_hub_model(images)
+    path = str(tmp_path / "model.onnx")
+    keras_hub_model.export(path, format="onnx", input_signature=[keras.InputSpec(shape=(None, None, None, 3), dtype="float32")])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    fusions = _expected_fusions(keras_hub_model)
+    assert {op: ops.count(op) + (ops.count("BiasGelu") if op == "Gelu" else 0) for op in fusions} == fusions
+    outputs = session.run(None, {session.get_inputs()[0].name: images})
+    expected = keras.tree.flatten(expected)
+    assert len(outputs) == len(expected)
+    for actual, wanted in zip(outputs, expected):
+        wanted = keras.ops.convert_to_numpy(wanted)
+        assert np.abs(actual - wanted).max() <= 1e-5 * np.abs(wanted).max()
+
+
 # --------------------------------------------------------------------------- int8
 
 

@@ -3,7 +3,7 @@ import keras
 import numpy as np
 from keras_hub.models import ImageClassifier, Task
 
-from ..layers import ExportsFusablePatterns
+from ..layers import tracing_for_export
 from ..model import Builder
 from .convnext_backbone import ConvNeXtBackbone
 from .convnext_image_classifier_preprocessor import ConvNeXtImageClassifierPreprocessor
@@ -12,7 +12,7 @@ POOLINGS = ("avg", "max")
 
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
-class ConvNeXtImageClassifier(ExportsFusablePatterns, ImageClassifier):
+class ConvNeXtImageClassifier(ImageClassifier):
     """Image classification with a `ConvNeXtBackbone` and timm's ConvNeXt head.
 
     keras-hub's default head is pool -> dropout -> Dense; ConvNeXt's is pool ->
@@ -109,3 +109,12 @@ class ConvNeXtImageClassifier(ExportsFusablePatterns, ImageClassifier):
         if isinstance(config.get("head_dtype"), dict):
             config["head_dtype"] = keras.dtype_policies.deserialize(config["head_dtype"])
         return super().from_config(config)
+
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        """Keras' `export`, the layers traced in the patterns `format`'s runtime fuses (`tracing_for_export`).
+
+        Written out rather than inherited from `layers.ExportsFusablePatterns`: keras-hub names a task
+        preset's task by the class's first base, which must stay `ImageClassifier`.
+        """
+        with tracing_for_export(format):
+            return super().export(filepath, format=format, **kwargs)
