@@ -154,7 +154,7 @@ def initialize_deferred(variable, value):
     """Give a shell's never-initialised variable the array `value` (which it may keep: no copy is made).
 
     Reads Keras' private `_initialize_with_initializer`, the step `_deferred_initialize`
-    runs with the variable's initializer (checked with `CHECKED_KERAS_VERSIONS`).
+    runs with the variable's initializer (`shells_supported` says whether this Keras has it).
     """
     def stored(shape, dtype):
         return value if keras.backend.standardize_dtype(value.dtype) == dtype else keras.ops.cast(value, dtype)
