@@ -28,6 +28,7 @@ import logging
 import os
 
 import keras
+import numpy as np
 
 from . import compiled_forward
 
@@ -157,7 +158,13 @@ def initialize_deferred(variable, value):
     runs with the variable's initializer (`shells_supported` says whether this Keras has it).
     """
     def stored(shape, dtype):
-        return value if keras.backend.standardize_dtype(value.dtype) == dtype else keras.ops.cast(value, dtype)
+        if keras.backend.standardize_dtype(value.dtype) != dtype:
+            return keras.ops.cast(value, dtype)
+        if keras.backend.backend() == "jax" and isinstance(value, np.ndarray):
+            import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
+
+            return jax.device_put(value)
+        return value
 
     variable._initialize_with_initializer(stored)
     variable._initializer = None
