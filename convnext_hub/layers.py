@@ -488,10 +488,9 @@ class Dense(keras.layers.Dense):
     def _tensorflow_call(self, inputs):
         import tensorflow as tf
 
-        if _onnx_patterns():
-            # A matmul at the input's rank, the bias and GELU after it: onnxruntime's MatMul and BiasGelu.
-            y = tf.matmul(inputs, self.kernel.value) + self.bias.value
-            return gelu(y) if self.activation is keras.activations.gelu else self.activation(y)
-        y = tf.nn.bias_add(tf.matmul(_tf_rows(inputs), self.kernel.value), self.bias.value)
+        # For ONNX a matmul at the input's rank (onnxruntime fuses bias and GELU into BiasGelu); else on
+        # 2-D rows, the pattern oneDNN fuses.
+        onnx = _onnx_patterns()
+        y = tf.nn.bias_add(tf.matmul(inputs if onnx else _tf_rows(inputs), self.kernel.value), self.bias.value)
         y = gelu(y) if self.activation is keras.activations.gelu else self.activation(y)
-        return _tf_unrows(y, inputs)
+        return y if onnx else _tf_unrows(y, inputs)
