@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from convnext_hub.families import create_from_structure, create_model
 from convnext_hub.fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
+from convnext_hub.weights_io import hooked_layers
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
@@ -69,19 +70,16 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     plan = plan_weights(model, state_dict, source=source)
     values = _read_ahead(plan, reuse_arrays=not keep_weights)  # a kept value must keep its array
     bar = _progress_bar(plan) if progress else None
-    for layer in model.layers:
-        if layer.weights:
-            layer.save_own_variables = _streaming_saver(layer, values, bar, keep_weights)
     try:
-        model.save_weights(path)
+        with hooked_layers(model, "save_own_variables", lambda layer: _streaming_saver(layer, values, bar,
+                                                                                       keep_weights)):
+            model.save_weights(path)
         if keep_weights:
             initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
         values.close()
         if bar is not None:
             bar.close()
-        for layer in model.layers:
-            layer.__dict__.pop("save_own_variables", None)
         forget_deferred_variables(model)  # else the next model build would allocate and initialise the shell
     return model
 

@@ -1,8 +1,10 @@
-"""Loading weights from local `.keras` / `.weights.h5` files or saved folders, head mismatch allowed.
+"""Loading weights from local `.keras` / `.weights.h5` files or saved folders, head mismatch allowed;
+models built as shells that a weights file fills (`build_shell`, `fill_shell`).
 
 Nothing from the file is deserialized: a `.keras` archive's config is read as
 JSON and only checked, so no code from the file can run.
 """
+import contextlib
 import json
 import logging
 import zipfile
@@ -150,17 +152,27 @@ def fill_shell(model, path):
     if not is_shell(model):
         model.load_weights(path)
         return model
-    for layer in model.layers:
-        if layer.weights:
-            layer.load_own_variables = _shell_loader(layer, path)
     try:
-        model.load_weights(path)
+        with hooked_layers(model, "load_own_variables", lambda layer: _shell_loader(layer, path)):
+            model.load_weights(path)
         initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
-        for layer in model.layers:
-            layer.__dict__.pop("load_own_variables", None)
         forget_deferred_variables(model)
     return model
+
+
+@contextlib.contextmanager
+def hooked_layers(model, method, hook):
+    """Inside, each weighted layer's `method` (`save_own_variables` / `load_own_variables`, Keras' public
+    per-layer saving hooks) is `hook(layer)`, so Keras' own saver or loader walks the file for us."""
+    for layer in model.layers:
+        if layer.weights:
+            setattr(layer, method, hook(layer))
+    try:
+        yield
+    finally:
+        for layer in model.layers:
+            layer.__dict__.pop(method, None)
 
 
 def _shell_loader(layer, path):
