@@ -15,7 +15,7 @@ from . import fetch
 from ..fast_path import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
-from .weights import Weights, read_timm_state_dict
+from .weights import Weights, head_of, read_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,8 @@ def from_registry(entry, cache, revision=None, token=None, local_files_only=Fals
                            "looking in huggingface_hub's cache")
     if hit is None:  # downloads are by commit, so look for the commit `revision` last had
         hit, converted = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
-    weights = CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only))
-    weights.converted = converted
-    return weights
+    return CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only),
+                            converted)
 
 
 @dataclass
@@ -81,7 +80,7 @@ class CachedWeights(Weights):
     _handed_out: keras.Model | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def of(cls, registry_entry, hit, cache, rebuild):
+    def of(cls, registry_entry, hit, cache, rebuild, converted=None):
         meta = hit.meta
         return cls(
             architecture=meta["architecture"],
@@ -93,6 +92,7 @@ class CachedWeights(Weights):
             entry=hit,
             cache=cache,
             rebuild=rebuild,
+            converted=converted,
         )
 
     def build(self, **model_kwargs):
@@ -104,12 +104,9 @@ class CachedWeights(Weights):
             model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
             self._handed_out = model
             return model
-        if self._holds_head_of(model_kwargs):  # `load_into` fills it from the entry
+        if self.stores_head({**HEAD_DEFAULTS, **model_kwargs}):  # `load_into` fills it from the entry
             return build_shell(lambda: super(CachedWeights, self).build(**model_kwargs))
         return super().build(**model_kwargs)
-
-    def _holds_head_of(self, model_kwargs):
-        return all(model_kwargs.get(flag, HEAD_DEFAULTS[flag]) == stored for flag, stored in self.stored_config.items())
 
     def confirmed(self):
         """These weights once the entry's hash checks out, else the weights of a new conversion."""
@@ -125,7 +122,7 @@ class CachedWeights(Weights):
         weights = self.confirmed()
         if weights is not self:
             return weights.load_into(model)
-        if all(getattr(model, flag) == stored for flag, stored in self.stored_config.items()):
+        if self.stores_head(head_of(model)):
             fill_shell(model, self.keras_file)  # the entry holds exactly this model's weights
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)

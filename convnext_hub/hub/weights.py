@@ -39,13 +39,15 @@ class Weights:
 
     def load_into(self, model):
         """Set every weight of `model` (built for `architecture`); a different head is left fresh."""
-        if self.keras_file is not None and all(
-            getattr(model, flag) == self.stored_config[flag] for flag in HEAD_DEFAULTS
-        ):
+        if self.keras_file is not None and self.stores_head(head_of(model)):
             load_weights_file(model, self.keras_file)
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
+
+    def stores_head(self, head):
+        """True when `head` (`{flag: value}` for the flags of `HEAD_DEFAULTS`) is the stored model's."""
+        return all(head[flag] == self.stored_config[flag] for flag in HEAD_DEFAULTS)
 
     def as_timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
@@ -53,6 +55,11 @@ class Weights:
             load_weights_file(stored, self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
+
+
+def head_of(model):
+    """`{flag: value}` of `model` for the flags of `HEAD_DEFAULTS`."""
+    return {flag: getattr(model, flag) for flag in HEAD_DEFAULTS}
 
 
 def read_timm_state_dict(path):
