@@ -1,5 +1,6 @@
 """timm state dict <-> Keras model, strict, through `mapping.weight_slots`."""
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import math
@@ -11,11 +12,11 @@ from tqdm.auto import tqdm
 from convnext_hub.families import create_from_structure, create_model
 from convnext_hub.fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
-from convnext_hub.weights_io import hooked_layers
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
 from .mapping import timm_module_path, weight_slots
+from .writers import write_safetensors
 
 logger = logging.getLogger("converters")
 
@@ -52,13 +53,15 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
 
 def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, keep_weights=False,
                             **model_kwargs):
-    """Writes the `.weights.h5` of `convert(...)` without ever holding the weights in memory.
+    """Writes the weights of `convert(...)` to `path` without ever holding them in memory.
 
-    The model is built as a shell (variables declared, never allocated); Keras'
-    own saver then asks each layer for its values, which are read from the
-    checkpoint as it goes (the next tensor while this one is written). Same
-    checks and errors as `convert`; returns the shell model (architecture and
-    config, no weights).
+    `path` ending in `.safetensors`: a safetensors file keyed by Keras variable
+    path (what `weights_io.fill_shell` reads); else a Keras `.weights.h5`,
+    written by Keras' own saver, which asks each layer for its values.
+    The model is built as a shell (variables declared, never allocated) and the
+    values are read from the checkpoint as they are written (the next tensor
+    while this one is written). Same checks and errors as `convert`; returns the
+    shell model (architecture and config, no weights).
 
     With `keep_weights=True` each variable also takes the value just written, so the
     returned model is `convert(...)`'s, loaded in the same pass over the checkpoint
@@ -70,10 +73,22 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     plan = plan_weights(model, state_dict, source=source)
     values = _read_ahead(plan, reuse_arrays=not keep_weights)  # a kept value must keep its array
     bar = _progress_bar(plan) if progress else None
+
+    def written(variable, value):
+        """Called with each value as it is written: keeps it (`keep_weights`) and counts it."""
+        if keep_weights:
+            initialize_deferred(variable, value)
+        if bar is not None:
+            bar.update()
+        return value
+
     try:
-        with hooked_layers(model, "save_own_variables", lambda layer: _streaming_saver(layer, values, bar,
-                                                                                       keep_weights)):
-            model.save_weights(path)
+        if str(path).endswith(".safetensors"):
+            specs = [(variable.path, tuple(variable.shape), variable.dtype) for variable, _ in plan]
+            write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values))
+        else:
+            with hooked_layers(model, "save_own_variables", lambda layer: _streaming_saver(layer, values, written)):
+                model.save_weights(path)
         if keep_weights:
             initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
@@ -120,21 +135,30 @@ class _Scratch:
         return scratch
 
 
-def _streaming_saver(layer, values, bar, keep_weights):
+def _streaming_saver(layer, values, written):
     """`layer.save_own_variables` writing the checkpoint's values, which come in Keras' saving order
-    (layers in model order, each layer's variables in creation order, as `weight_slots`); with
-    `keep_weights`, each variable is also initialised with its value."""
+    (layers in model order, each layer's variables in creation order, as `weight_slots`)."""
     def save_own_variables(store):
         for i, variable in enumerate(layer.trainable_variables + layer.non_trainable_variables):
             planned, value = next(values)
             if planned is not variable:
                 raise RuntimeError(f"Keras saves {variable.path} where {planned.path} was expected")
-            store[str(i)] = value
-            if keep_weights:
-                initialize_deferred(variable, value)
-            if bar is not None:
-                bar.update()
+            store[str(i)] = written(variable, value)
     return save_own_variables
+
+
+@contextlib.contextmanager
+def hooked_layers(model, method, hook):
+    """Inside, each weighted layer's `method` (`save_own_variables`, Keras' public per-layer saving hook)
+    is `hook(layer)`, so Keras' own saver walks the file for us."""
+    for layer in model.layers:
+        if layer.weights:
+            setattr(layer, method, hook(layer))
+    try:
+        yield
+    finally:
+        for layer in model.layers:
+            layer.__dict__.pop(method, None)
 
 
 def _progress_bar(plan):

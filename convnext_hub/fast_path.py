@@ -164,10 +164,19 @@ def initialize_deferred(variable, value):
             import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
 
             return jax.device_put(value)
+        if keras.backend.backend() == "torch" and _adoptable(value):
+            import torch  # the array itself: Keras would copy it twice
+
+            return torch.from_numpy(value)
         return value
 
     variable._initialize_with_initializer(stored)
     variable._initializer = None
+
+
+def _adoptable(value):
+    """True for a NumPy array torch can take over as it is (its own writable, contiguous memory)."""
+    return isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.writeable
 
 
 def is_shell(model):

@@ -1,10 +1,9 @@
 """Loading weights from local `.keras` / `.weights.h5` files or saved folders, head mismatch allowed;
-models built as shells that a weights file fills (`build_shell`, `fill_shell`).
+models built as shells that stored arrays fill (`build_shell`, `fill_shell`).
 
 Nothing from the file is deserialized: a `.keras` archive's config is read as
 JSON and only checked, so no code from the file can run.
 """
-import contextlib
 import json
 import logging
 import zipfile
@@ -141,53 +140,35 @@ def build_shell(build):
         return build()
 
 
-def fill_shell(model, path):
-    """Loads the weights file `path` of exactly this model into the shell `model` (see `build_shell`).
+def fill_shell(model, tensors, source):
+    """Gives every weight of `model` (a shell, see `build_shell`) its value from `tensors`.
 
-    Keras' own `load_weights` walks the file; each layer's `load_own_variables`
-    initialises its variables from the stored arrays (shapes checked) instead of
-    assigning them. Raises ValueError, as `load_weights` does, when the file does
-    not fit; the shell is then unusable. A model that is no shell gets `load_weights`.
+    `tensors` maps each weight's Keras variable path to its array (or to a lazy
+    tensor, read when its turn comes), as the cache's variables file holds them.
+    Strict: every weight has exactly one tensor of its shape, or ValueError names
+    what differs (checked before any value is read). A model that is no shell
+    has its weights assigned.
     """
+    weights = {variable.path: variable for variable in model.weights}
+    missing, unexpected = sorted(set(weights) - set(tensors)), sorted(set(tensors) - set(weights))
+    if len(weights) != len(model.weights) or missing or unexpected:
+        raise ValueError(f"{source} does not hold the weights of {model.architecture or model.name}: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for path, variable in weights.items():
+        if tuple(tensors[path].shape) != tuple(variable.shape):
+            raise ValueError(f"{source}: {path} is stored with shape {tuple(tensors[path].shape)}, "
+                             f"the model has {tuple(variable.shape)}")
     if not is_shell(model):
-        model.load_weights(path)
+        for path, variable in weights.items():
+            variable.assign(np.asarray(tensors[path]))
         return model
     try:
-        with hooked_layers(model, "load_own_variables", lambda layer: _shell_loader(layer, path)):
-            model.load_weights(path)
+        for path, variable in weights.items():
+            initialize_deferred(variable, np.asarray(tensors[path]))
         initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
         forget_deferred_variables(model)
     return model
-
-
-@contextlib.contextmanager
-def hooked_layers(model, method, hook):
-    """Inside, each weighted layer's `method` (`save_own_variables` / `load_own_variables`, Keras' public
-    per-layer saving hooks) is `hook(layer)`, so Keras' own saver or loader walks the file for us."""
-    for layer in model.layers:
-        if layer.weights:
-            setattr(layer, method, hook(layer))
-    try:
-        yield
-    finally:
-        for layer in model.layers:
-            layer.__dict__.pop(method, None)
-
-
-def _shell_loader(layer, path):
-    def load_own_variables(store):
-        variables = layer.trainable_variables + layer.non_trainable_variables
-        if len(store.keys()) != len(variables):
-            raise ValueError(f"{path}: layer {layer.name!r} has {len(store.keys())} stored variables, "
-                             f"the model {len(variables)}")
-        for i, variable in enumerate(variables):
-            value = np.asarray(store[str(i)])
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"{path}: {variable.path} is stored with shape {tuple(value.shape)}, "
-                                 f"expected {tuple(variable.shape)}")
-            initialize_deferred(variable, value)
-    return load_own_variables
 
 
 def _weights_and_config(model, path):

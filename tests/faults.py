@@ -337,15 +337,16 @@ def assert_close(actual, expected):
 
 
 def stored_state_dict(weights):
-    """The timm state dict of an entry's Keras weights file, loaded into a model of ARCH."""
+    """The timm state dict of an entry's weights file, loaded into a model of ARCH."""
     from converters.conversion import export_timm_state_dict
+    from converters.readers import read_safetensors
     from convnext_hub import create_model
     from convnext_hub.model import zeros_initialized
+    from convnext_hub.weights_io import fill_shell
 
     with zeros_initialized():
         model = create_model(ARCH)
-    model.load_weights(weights)
-    return export_timm_state_dict(model)
+    return export_timm_state_dict(fill_shell(model, read_safetensors(weights), weights))
 
 
 def entry_problem(path, reference):

@@ -1,6 +1,6 @@
 """The converted-weights cache checks its entries by content, not by stamps, without a hash before the build.
 
-Entries are Keras weights files with their size and xxh3-128 in `meta.json`;
+Entries are safetensors files keyed by Keras variable path, with their size and xxh3-128 in `meta.json`;
 a load checks the size at once and the hash in the background, and confirms it
 before any weight is read. The two kinds of refs live in two stores.
 """
@@ -55,11 +55,32 @@ def flip_middle_byte(data):
     return bytes(data)
 
 
-def test_entry_is_a_keras_weights_file_with_size_and_hash(cached):
+def test_entry_is_a_safetensors_file_of_the_models_variables_with_size_and_hash(cached):
+    """The `safetensors` package reads the entry; its keys are the variable paths of the model a load returns,
+    each holding that variable's value."""
+    from safetensors.numpy import load_file
+
     root, entry, _ = cached
     meta = json.loads((entry / META_FILE).read_text())
-    assert sorted(p.name for p in entry.iterdir()) == sorted([WEIGHTS_FILE, META_FILE]) and WEIGHTS_FILE.endswith(".weights.h5")
+    assert sorted(p.name for p in entry.iterdir()) == sorted([WEIGHTS_FILE, META_FILE])
     assert meta["weights_bytes"] == (entry / WEIGHTS_FILE).stat().st_size and len(meta["weights_xxh3"]) == 32
+    stored = load_file(entry / WEIGHTS_FILE)
+    model = load_pretrained(ATTO, cache_dir=root)
+    assert sorted(stored) == sorted(v.path for v in model.weights)
+    for variable in model.weights:
+        np.testing.assert_array_equal(stored[variable.path], keras.ops.convert_to_numpy(variable))
+
+
+def test_training_a_cached_load_leaves_the_entry_as_it_was(cached):
+    """A loaded model owns its weights: a training step changes the model, never the cached file."""
+    root, entry, expected = cached
+    digest = (entry / WEIGHTS_FILE).read_bytes()
+    model = load_pretrained(ATTO, cache_dir=root)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.train_on_batch(IMAGES, np.array([1, 2]))
+    assert np.abs(logits(model) - expected).max() > 1e-3, "a training step changed nothing"
+    assert (entry / WEIGHTS_FILE).read_bytes() == digest
+    assert_close(logits(load_pretrained(ATTO, cache_dir=root)), expected)
 
 
 def test_one_flipped_byte_with_the_old_mtime_is_found_and_rebuilt(cached, caplog):

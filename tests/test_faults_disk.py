@@ -7,7 +7,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import keras
 import pytest
 from convnext_hub.hub import Cache, load_pretrained
 from convnext_hub.hub.cache import META_FILE
@@ -44,24 +43,26 @@ def tiny_tmpfs(tmp_path):
 
 @pytest.mark.parametrize("full_at", ["weights", "meta", "tmpfs"])
 def test_full_disk_is_a_clear_error_and_leaves_nothing_valid(hub, reference, tmp_path, monkeypatch, request, full_at):
-    """ENOSPC while the entry is written: "weights": the Keras weights file fails as on a full disk, after
+    """ENOSPC while the entry is written: "weights": the weights file fails as on a full disk, after
     writing part of the file; "meta": meta.json lies on /dev/full; "tmpfs": the cache is on a full tmpfs."""
     root, undo = tmp_path / "cache", []
     if full_at == "tmpfs":
         mount, make_room = request.getfixturevalue("tiny_tmpfs")
         root = mount / "cache"
     elif full_at == "weights":
-        save_weights, injected = keras.Model.save_weights, []
+        from converters import conversion
 
-        def save_weights_on_full_disk(model, filepath, *args, **kwargs):  # half the file, then ENOSPC
-            save_weights(model, filepath, *args, **kwargs)
+        write, injected = conversion.write_safetensors, []
+
+        def write_on_full_disk(filepath, *args, **kwargs):  # half the file, then ENOSPC
+            write(filepath, *args, **kwargs)
             data = Path(filepath).read_bytes()
             Path(filepath).write_bytes(data[: len(data) // 2])
             injected.append(filepath)
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(keras.Model, "save_weights", save_weights_on_full_disk)
-        undo = [(keras.Model, "save_weights", save_weights)]
+        monkeypatch.setattr(conversion, "write_safetensors", write_on_full_disk)
+        undo = [(conversion, "write_safetensors", write)]
     else:
         if not os.path.exists("/dev/full"):
             pytest.skip("no /dev/full")

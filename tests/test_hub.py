@@ -115,14 +115,19 @@ def test_first_load_keeps_the_converted_model_and_reads_nothing_back(local_hub, 
     complete: it saves and reloads as `.keras` and trains; other arguments still get a model of their own."""
     timm_model, weights = checkpoint("convnextv2_atto")
     upload(local_hub, V2_ATTO, weights)
-    real_load_weights = keras.Model.load_weights
+    from convnext_hub.hub import timm_hub
+
+    real_fill, real_load_weights = timm_hub.fill_shell, keras.Model.load_weights
     reads = []
 
-    def counted_load_weights(self, *args, **kwargs):
-        reads.append(args)
-        return real_load_weights(self, *args, **kwargs)
+    def counted(read):
+        def reading(*args, **kwargs):
+            reads.append(args)
+            return read(*args, **kwargs)
+        return reading
 
-    monkeypatch.setattr(keras.Model, "load_weights", counted_load_weights)
+    monkeypatch.setattr(timm_hub, "fill_shell", counted(real_fill))
+    monkeypatch.setattr(keras.Model, "load_weights", counted(real_load_weights))
     first = load_pretrained(V2_ATTO, cache_dir=cache_dir)
     assert not reads, "the first load read its weights file back"
     expected = timm_out(timm_model)
@@ -152,9 +157,9 @@ def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkp
     filled = []
     real_fill = timm_hub.fill_shell
 
-    def recording_fill(model, path):
+    def recording_fill(model, tensors, source):
         filled.append(is_shell(model))
-        return real_fill(model, path)
+        return real_fill(model, tensors, source)
 
     monkeypatch.setattr(timm_hub, "fill_shell", recording_fill)
     model = load_pretrained(ATTO, cache_dir=cache_dir)
@@ -164,6 +169,38 @@ def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkp
     assert other.num_classes == 3 and not is_shell(other)
     for stored, loaded in zip(model.get_layer("stem_0").get_weights(), other.get_layer("stem_0").get_weights()):
         np.testing.assert_array_equal(loaded, stored)
+
+
+def test_fill_shell_is_strict_before_it_reads_anything():
+    """`fill_shell` takes `{variable path: array}` and checks every key and shape before reading a value: a
+    missing or extra key, or a wrong shape, is a ValueError that names it; a complete set fills the shell."""
+    from convnext_hub import create_model
+    from convnext_hub.fast_path import is_shell
+    from convnext_hub.weights_io import build_shell, fill_shell
+
+    source = create_model("convnext_atto", num_classes=7)
+    stored = {v.path: keras.ops.convert_to_numpy(v) for v in source.weights}
+
+    class Unread:  # a lazy tensor that fails the test if it is read
+        def __init__(self, shape):
+            self.shape = shape
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("a value was read before every key and shape was checked")
+
+    lazy = {path: Unread(value.shape) for path, value in stored.items()}
+    shell = build_shell(lambda: create_model("convnext_atto", num_classes=7))
+    missing = dict(lazy)
+    del missing["head_fc/kernel"]
+    with pytest.raises(ValueError, match="missing \\['head_fc/kernel'\\]"):
+        fill_shell(shell, missing, "entry.safetensors")
+    with pytest.raises(ValueError, match="unexpected \\['extra/kernel'\\]"):
+        fill_shell(shell, {**lazy, "extra/kernel": Unread((1,))}, "entry.safetensors")
+    with pytest.raises(ValueError, match="entry.safetensors: stem_0/kernel is stored with shape \\(4, 4, 3, 1\\)"):
+        fill_shell(shell, {**lazy, "stem_0/kernel": Unread((4, 4, 3, 1))}, "entry.safetensors")
+    assert is_shell(fill_shell(shell, stored, "entry.safetensors")) is False
+    x = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(keras_out(shell, x), keras_out(source, x), rtol=0, atol=1e-6)
 
 
 def test_without_shell_internals_loads_build_models_with_values(local_hub, checkpoint, cache_dir, monkeypatch):

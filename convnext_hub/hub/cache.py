@@ -3,7 +3,7 @@
 Layout under the cache root (`cache_dir=`, else `$CONVNEXT_HUB_CACHE`, else
 `~/.cache/convnext_hub`)::
 
-    entries/<name>/<key>/model.weights.h5      the converted model's Keras weights (`model.load_weights` reads it)
+    entries/<name>/<key>/variables.safetensors the converted model's weights, keyed by Keras variable path
     entries/<name>/<key>/meta.json             source, versions, head, size and xxh3-128 of the weights file
     refs/<name>/<revision>                     entry refs: the entry key a revision resolved to (offline use)
     commits/<org>/<repo>/<revision>            commit refs: the commit an `hf://` revision resolved to
@@ -44,7 +44,7 @@ from ..cache_root import default_cache_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.weights.h5"
+WEIGHTS_FILE = "variables.safetensors"  # read by `weights_io.fill_shell`: no walk of a Keras file
 META_FILE = "meta.json"
 STALE_TMP_SECONDS = 24 * 3600  # temp dirs left by killed processes are removed after this
 _HASH_CHUNK = 16 << 20

@@ -9,6 +9,7 @@ from typing import Callable
 import keras
 
 from converters.conversion import convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
+from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
@@ -66,8 +67,9 @@ class CachedWeights(Weights):
 
     The check is confirmed before the weights are read; a corrupt entry is
     deleted and the weights come from `rebuild()` (a new conversion) instead.
-    The entry's head is known from its metadata, so its file goes straight to
-    Keras' `load_weights` (no probing of the file, no second model). Right after
+    The entry's head is known from its metadata, and its file is keyed by Keras
+    variable path, so each array goes straight to its variable (no probing of
+    the file, no walk of a Keras file, no second model). Right after
     a conversion, `converted` holds the model the conversion loaded in passing:
     `build` hands it out (once) when it is the model asked for.
     """
@@ -87,7 +89,6 @@ class CachedWeights(Weights):
             num_classes=meta["num_classes"],
             pretrained_cfg={**registry_entry, "source": meta["source"]},
             source=str(hit.path),
-            keras_file=str(hit.weights_file),
             stored_config={"num_classes": meta["num_classes"], "include_top": True, "features_only": False},
             entry=hit,
             cache=cache,
@@ -115,7 +116,7 @@ class CachedWeights(Weights):
         return self._confirmed
 
     def load_into(self, model):
-        """Keras' own `load_weights` of the entry (into `build`'s shell) when `model` has the stored head,
+        """The entry's arrays, by variable path, into `build`'s shell when `model` has the stored head,
         else through timm keys."""
         if model is self._handed_out:  # holds the weights already, written and hashed just now
             return model
@@ -123,17 +124,22 @@ class CachedWeights(Weights):
         if weights is not self:
             return weights.load_into(model)
         if self.stores_head(head_of(model)):
-            fill_shell(model, self.keras_file)  # the entry holds exactly this model's weights
+            fill_shell(model, self.stored_tensors(), self.source)  # exactly this model's weights
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
+
+    def stored_tensors(self):
+        """`{Keras variable path: lazy tensor}` of the entry's weights file (header checked now)."""
+        return read_safetensors(self.entry.weights_file, lazy=True)
 
     def as_timm_state_dict(self):
         weights = self.confirmed()
         if weights is not self:
             return weights.as_timm_state_dict()
         if self.state_dict is None:
-            stored = fill_shell(build_shell(lambda: Weights.build(self, **self.stored_config)), self.keras_file)
+            shell = build_shell(lambda: Weights.build(self, **self.stored_config))
+            stored = fill_shell(shell, self.stored_tensors(), self.source)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
 
