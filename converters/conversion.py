@@ -104,9 +104,10 @@ def _read_ahead(plan, reuse_arrays=True):
 
     With `reuse_arrays`, values live in two sets of reused arrays, taking turns: the
     caller must be done with a value when it asks for the next one. Reusing them spares
-    faulting in fresh memory for every big tensor (seconds for a 2.6 GB model).
+    faulting in fresh memory for every big tensor (seconds for a 2.6 GB model). Without,
+    each value has memory of its own, and only the file's raw bytes pass through them.
     """
-    scratches = (_Scratch(), _Scratch()) if reuse_arrays else (None, None)
+    scratches = (_Scratch(), _Scratch()) if reuse_arrays else (_Scratch(keep=True), _Scratch(keep=True))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = None
         for index, (variable, read) in enumerate(plan):
@@ -119,13 +120,20 @@ def _read_ahead(plan, reuse_arrays=True):
 
 
 class _Scratch:
-    """Named arrays reused from one tensor to the next, grown when a bigger one comes."""
+    """Named arrays reused from one tensor to the next, grown when a bigger one comes.
 
-    def __init__(self):
+    `keep=True`: the values are kept (each becomes a model's weight), so only the
+    raw read comes from here (`array("keras")` is None).
+    """
+
+    def __init__(self, keep=False):
         self._buffers = {}
+        self.keep = keep
 
     def array(self, name):
         """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
+        if self.keep and name != "raw":
+            return None
         def scratch(shape, dtype):
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             buffer = self._buffers.get(name)
@@ -258,18 +266,20 @@ def plan_weights(model, state_dict, source="<state dict>"):
 
 def _read(slot, tensor, source, scratch=None):
     """The Keras value of `tensor` (a lazy one is read now), in arrays from `scratch` if given."""
-    if scratch and hasattr(tensor, "read"):  # streaming: each value is used before the next is read
-        value = tensor.read(scratch.array("raw"), mapped=True)
+    if scratch and hasattr(tensor, "read"):  # streaming: the raw bytes are used before the next read
+        raw = tensor.read(scratch.array("raw"), mapped=True)
     else:
-        value = np.asarray(tensor)
-    check_finite({slot.timm_key: value}, source, target_dtype=slot.variable.dtype)
-    value = slot.to_keras(value, scratch.array("keras") if scratch else None)
+        raw = np.asarray(tensor)
+    check_finite({slot.timm_key: raw}, source, target_dtype=slot.variable.dtype)
+    value = slot.to_keras(raw, scratch.array("keras") if scratch else None)
+    if scratch and scratch.keep and value is raw:  # a kept value needs memory of its own
+        value = np.array(raw)
     if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:
         return value
     return keras.ops.cast(value, slot.variable.dtype)
 
 
-def _initial_value(variable):
+def _initial_value(variable, scratch=None):
     """timm's initialisation: kernels truncated normal(0.02), norm scales 1, the rest 0."""
     name = variable.path.rsplit("/", 1)[-1]
     init = kernel_initializer() if name == "kernel" else ("ones" if name == "gamma" else "zeros")

@@ -69,6 +69,25 @@ def test_num_classes_override_drops_head_and_verifies_stages(reference, tmp_path
     assert "logits   not compared: --num-classes 3 differs from the checkpoint's 6" in printed
 
 
+def test_streamed_conversion_with_a_new_head_keeps_the_backbone(reference, tmp_path, capsys):
+    """Without --verify, --num-classes streams the backbone and writes a freshly initialised classifier
+    (timm's init: truncated normal kernel, zero bias) of that size; the stages equal the checkpoint's."""
+    _, sd = reference
+    out = tmp_path / "out"
+    assert main([_save(sd, tmp_path / "w.safetensors"), "--out", str(out), "--num-classes", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_config"]["num_classes"] == 3
+    model = create_model(config["architecture"], num_classes=3, pretrained=str(out / "model.weights.h5"))
+    source = convert(sd)
+    for layer in source.layers:
+        if layer.weights and layer.name != "head_fc":
+            for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+    kernel, bias = model.get_layer("head_fc").get_weights()
+    assert kernel.shape == (source.get_layer("head_fc").get_weights()[0].shape[0], 3)
+    assert 0 < np.abs(kernel).max() <= 2 * 0.02 and not bias.any()
+
+
 def _h5_contents(path):
     import h5py
 

@@ -2,7 +2,7 @@
 import os
 from dataclasses import dataclass, field
 
-from converters import check_finite, load_checkpoint, to_timm_keys
+from converters import load_checkpoint, to_timm_keys
 from converters.conversion import export_timm_state_dict, load_timm_state_dict
 
 from .. import variants
@@ -63,7 +63,9 @@ def head_of(model):
 
 
 def read_timm_state_dict(path):
-    """A checkpoint file or folder as a finite, timm-keyed `{key: array}` (safetensors read lazily)."""
-    state_dict = to_timm_keys(load_checkpoint(path, lazy=True), source=os.fspath(path))
-    check_finite(state_dict, os.fspath(path))
-    return state_dict
+    """A checkpoint file or folder as a timm-keyed `{key: array}` (safetensors read lazily).
+
+    Values are not read here: `converters.plan_weights` refuses NaN / Inf as it
+    reads each tensor (a pass over the file now would read gigabytes twice).
+    """
+    return to_timm_keys(load_checkpoint(path, lazy=True), source=os.fspath(path))
