@@ -10,7 +10,7 @@ What runs (a random-weight convnext_zepto_rms served by the fake Hub of tests/hu
   and again every `--recalibrate-every` kills; then one child per filesystem change such a load
   makes (`--no-every-step` to skip), killed right after it.
   After each kill a load in this process must give timm's logits, and every cache entry seen
-  before and after it must be complete (meta.json, sha256, the checkpoint's tensors bit for bit).
+  before and after it must be complete (meta.json, size and xxh3-128, the checkpoint's tensors bit for bit).
 * `--cli-kills` runs of `python -m converters.timm_to_keras FILE --out DIR`, SIGKILLed likewise (every
   other one overwriting a previous output); DIR must then be absent or complete and loadable. Plus
   one run killed right after it deletes the first file of the output it replaces.

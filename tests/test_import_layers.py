@@ -39,8 +39,9 @@ LAYERS = {
         "convnext_hub.cache_root", "convnext_hub.compiled_forward",
     ]),
     2: ("converter library", [
-        "converters", "converters.errors", "converters.version", "converters.readers", "converters.layouts",
-        "converters.mapping", "converters.conversion", "converters.randomize", "converters.verification",
+        "converters", "converters.errors", "converters.version", "converters.readers", "converters.writers",
+        "converters.layouts", "converters.mapping", "converters.conversion", "converters.randomize",
+        "converters.verification",
     ]),
     3: ("hub", ["convnext_hub.hub", "convnext_hub.hub.*"]),
     4: ("tools", [

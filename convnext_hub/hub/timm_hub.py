@@ -194,7 +194,7 @@ def _cached_conversion(entry, cache, revision, remote, local_path):
 def convert_source(path, entry, remote, folder):
     """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`: `(metadata, model)`.
 
-    The weights stream from the checkpoint into the Keras weights file one
+    The weights stream from the checkpoint into the entry's weights file one
     tensor at a time (`converters.convert_to_weights_file`), and each also
     becomes the value of the returned model's variable: the load that follows a
     conversion gets that model instead of reading the file back.
