@@ -10,6 +10,8 @@ import struct
 
 import numpy as np
 
+from .readers import SAFETENSORS_DTYPES
+
 SAFETENSORS_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # the dtypes Keras weights have
 DATA_ALIGNMENT = 64  # the header is padded so that the data starts on this boundary
 
@@ -25,8 +27,9 @@ def write_safetensors(path, specs, values):
         if dtype not in SAFETENSORS_CODES:
             raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors here "
                              f"(known: {', '.join(SAFETENSORS_CODES)})")
-        nbytes = math.prod(shape) * np.dtype(dtype if dtype != "bfloat16" else np.uint16).itemsize
-        header[name] = {"dtype": SAFETENSORS_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        code = SAFETENSORS_CODES[dtype]
+        nbytes = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[code]).itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)
