@@ -87,7 +87,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
             specs = [(variable.path, tuple(variable.shape), variable.dtype) for variable, _ in plan]
             write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values))
         else:
-            with hooked_layers(model, "save_own_variables", lambda layer: _streaming_saver(layer, values, written)):
+            with _saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
                 model.save_weights(path)
         if keep_weights:
             initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
@@ -156,17 +156,17 @@ def _streaming_saver(layer, values, written):
 
 
 @contextlib.contextmanager
-def hooked_layers(model, method, hook):
-    """Inside, each weighted layer's `method` (`save_own_variables`, Keras' public per-layer saving hook)
-    is `hook(layer)`, so Keras' own saver walks the file for us."""
+def _saving_through(model, saver_of):
+    """Inside, each weighted layer's `save_own_variables` (Keras' public per-layer saving hook) is
+    `saver_of(layer)`, so Keras' own saver walks the file for us."""
     for layer in model.layers:
         if layer.weights:
-            setattr(layer, method, hook(layer))
+            layer.save_own_variables = saver_of(layer)
     try:
         yield
     finally:
         for layer in model.layers:
-            layer.__dict__.pop(method, None)
+            layer.__dict__.pop("save_own_variables", None)
 
 
 def _progress_bar(plan):
