@@ -1,7 +1,9 @@
 """Talking to the Hugging Face Hub: which weight file a repo has, its etag, downloads.
 
 Everything goes through `huggingface_hub` (its cache, progress bars,
-`HF_ENDPOINT`, `HF_HUB_OFFLINE`, tokens).
+`HF_ENDPOINT`, `HF_HUB_OFFLINE`, tokens). Its download functions are imported
+with this module, not on first use: their module takes a tenth of a second to
+import, which belongs with the imports, not inside the first load.
 """
 import hashlib
 import logging
@@ -10,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-import huggingface_hub
-from huggingface_hub import constants
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     FileMetadataError,
@@ -70,9 +71,9 @@ def locate(repo_id, filenames, revision, token=None):
     WeightsUnavailableError when none of the files exists.
     """
     for filename in filenames:
-        url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
+        url = hf_hub_url(repo_id, filename, revision=revision)
         try:
-            meta = huggingface_hub.get_hf_file_metadata(url, token=token)
+            meta = get_hf_file_metadata(url, token=token)
         except EntryNotFoundError:
             continue
         if meta.commit_hash is None or meta.etag is None:
@@ -85,14 +86,14 @@ def locate(repo_id, filenames, revision, token=None):
 
 def download(remote, token=None):
     """Local path of `remote` (from huggingface_hub's cache, downloading it if needed)."""
-    return huggingface_hub.hf_hub_download(remote.repo_id, remote.filename, revision=remote.commit, token=token)
+    return hf_hub_download(remote.repo_id, remote.filename, revision=remote.commit, token=token)
 
 
 def from_hf_cache(repo_id, filenames, revision):
     """`(RemoteFile, path)` for the first of `filenames` in huggingface_hub's cache, else None."""
     for filename in filenames:
         try:
-            path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
+            path = hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
         except (LocalEntryNotFoundError, EntryNotFoundError):
             continue
         return RemoteFile(repo_id, filename, Path(path).parent.name, _etag_of_cached(path)), path
