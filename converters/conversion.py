@@ -52,7 +52,7 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
 
 
 def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, keep_weights=False,
-                            **model_kwargs):
+                            digest=None, **model_kwargs):
     """Writes the weights of `convert(...)` to `path` without ever holding them in memory.
 
     `path` ending in `.safetensors`: a safetensors file keyed by Keras variable
@@ -65,8 +65,12 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
 
     With `keep_weights=True` each variable also takes the value just written, so the
     returned model is `convert(...)`'s, loaded in the same pass over the checkpoint
-    (a first load needs no second read of the file it wrote).
+    (a first load needs no second read of the file it wrote). `digest` (safetensors
+    only) is given every byte written (see `writers.write_safetensors`).
     """
+    safetensors = str(path).endswith(".safetensors")
+    if digest is not None and not safetensors:
+        raise ValueError(f"{path}: a digest is computed for .safetensors files only")
     source = _source_name(state_dict, source)
     with keras.StatelessScope(initialize_variables=False):
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
@@ -83,9 +87,10 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
         return value
 
     try:
-        if str(path).endswith(".safetensors"):
+        if safetensors:
             specs = [(variable.path, tuple(variable.shape), variable.dtype) for variable, _ in plan]
-            write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values))
+            write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values),
+                              digest)
         else:
             with _saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
                 model.save_weights(path)

@@ -16,11 +16,13 @@ SAFETENSORS_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # 
 DATA_ALIGNMENT = 64  # the header is padded so that the data starts on this boundary
 
 
-def write_safetensors(path, specs, values):
+def write_safetensors(path, specs, values, digest=None):
     """Writes `values` (arrays, in the order of `specs`) to `path` as safetensors.
 
     `specs` is `[(name, shape, dtype name)]`. Each value must have its spec's
-    shape and dtype; ValueError names the tensor that does not.
+    shape and dtype; ValueError names the tensor that does not. `digest`, an
+    object with `update(bytes)` (a `hashlib` or `xxhash` hash), is given every
+    byte written, in order: the file's checksum without reading it back.
     """
     header, offset = {}, 0
     for name, shape, dtype in specs:
@@ -34,11 +36,16 @@ def write_safetensors(path, specs, values):
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
+        def put(data):
+            f.write(data)
+            if digest is not None:
+                digest.update(data)
+
+        put(struct.pack("<Q", len(blob)) + blob)
         for (name, shape, dtype), value in zip(specs, values, strict=True):
             value = np.ascontiguousarray(value)
             if tuple(value.shape) != tuple(shape) or value.dtype.name != dtype:
                 raise ValueError(f"{name}: got a {value.dtype.name} array of shape {tuple(value.shape)}, "
                                  f"declared {dtype} {tuple(shape)}")
-            f.write(value.reshape(-1).view(np.uint8).data)
+            put(value.reshape(-1).view(np.uint8).data)
     return path

@@ -419,14 +419,15 @@ def test_racing_writers_without_locks_leave_one_whole_entry(tmp_path, monkeypatc
     cache = Cache(tmp_path / "c")
 
     def writer(content, meta):
-        def write(folder):
+        def write(folder, digest):
             (folder / WEIGHTS_FILE).write_bytes(content)
+            digest.update(content)
             return meta
         return write
 
-    def slow_convert(folder):  # another "process" stores the same key while this one converts
+    def slow_convert(folder, digest):  # another "process" stores the same key while this one converts
         cache.store("m", "k", writer(b"other", {"by": "other"}))
-        return writer(b"this", {"by": "this"})(folder)
+        return writer(b"this", {"by": "this"})(folder, digest)
 
     entry = cache.store("m", "k", slow_convert)
     assert entry.meta["by"] == "other"

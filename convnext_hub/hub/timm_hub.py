@@ -181,8 +181,8 @@ def _cached_conversion(entry, cache, revision, remote, local_path):
     name, key = entry["name"], entry_key(remote.etag)
     converted = {}
 
-    def write(folder):
-        meta, converted["model"] = convert_source(local_path(), entry, remote, folder)
+    def write(folder, digest):
+        meta, converted["model"] = convert_source(local_path(), entry, remote, folder, digest)
         return meta
 
     hit = cache.lookup(name, key, wait=False) or cache.store(name, key, write)
@@ -191,8 +191,9 @@ def _cached_conversion(entry, cache, revision, remote, local_path):
     return hit, converted.get("model")
 
 
-def convert_source(path, entry, remote, folder):
-    """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`: `(metadata, model)`.
+def convert_source(path, entry, remote, folder, digest):
+    """Converts the checkpoint at `path` strictly into `folder/WEIGHTS_FILE`: `(metadata, model)`;
+    `digest` is given every byte of that file.
 
     The weights stream from the checkpoint into the entry's weights file one
     tensor at a time (`converters.convert_to_weights_file`), and each also
@@ -204,7 +205,7 @@ def convert_source(path, entry, remote, folder):
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
     keep = shells_supported()
     model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
-                                    arch=entry["architecture"], source=path, keep_weights=keep)
+                                    arch=entry["architecture"], source=path, keep_weights=keep, digest=digest)
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],
