@@ -224,14 +224,21 @@ def _decode(raw, dtype):
 MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more than it saves
 
 
-def _mapped_view(f, offset, nbytes):
-    """Read-only uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once."""
+def _mapped_view(f, offset, nbytes, writable=False):
+    """uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once.
+
+    Read-only; or, `writable`, a private copy-on-write mapping: a page is copied
+    the first time it is written, and the file never changes.
+    """
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    length = offset + nbytes - start
     if hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
-        mapping = mmap.mmap(f.fileno(), offset + nbytes - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
-                            prot=mmap.PROT_READ, offset=start)
+        sharing, prot = (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE) if writable else (
+            mmap.MAP_SHARED, mmap.PROT_READ)
+        mapping = mmap.mmap(f.fileno(), length, flags=sharing | mmap.MAP_POPULATE, prot=prot, offset=start)
     else:
-        mapping = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ,
+                            offset=start)
     return np.frombuffer(mapping, np.uint8, count=nbytes, offset=offset - start)
 
 
@@ -250,18 +257,22 @@ class LazyTensor:
         value = self.read()
         return value if dtype is None else value.astype(dtype, copy=False)
 
-    def read(self, scratch=None, mapped=False):
+    def read(self, scratch=None, mapped=False, writable=False):
         """The tensor's values, read now; `scratch(shape, dtype)` may supply the array to read into.
 
         `mapped=True`: a big float32 tensor comes back as a read-only view of the
         file mapped into memory, saving a copy; use it before the file can change.
+        With `writable=True` too, the view is a private copy-on-write mapping: an
+        array of its own for the caller, whose pages are the page cache's until
+        written (for a file that is replaced, never changed in place).
         """
         stored = np.dtype(SAFETENSORS_DTYPES[self.stored_dtype])
         with open(self.path, "rb") as f:
             if os.fstat(f.fileno()).st_size < self._offset + self._nbytes:
                 raise self._ended_early()
             if mapped and self.stored_dtype == "F32" and self._nbytes >= MIN_MAPPED_BYTES:
-                return _mapped_view(f, self._offset, self._nbytes).view(stored).reshape(self.shape)
+                view = _mapped_view(f, self._offset, self._nbytes, writable)
+                return view.view(stored).reshape(self.shape)
             raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
             f.seek(self._offset)
             if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:

@@ -174,6 +174,11 @@ def initialize_deferred(variable, value):
     variable._initializer = None
 
 
+def adopts_arrays():
+    """True where a shell's variable keeps the very NumPy array `initialize_deferred` gives it (torch)."""
+    return keras.backend.backend() == "torch"
+
+
 def _adoptable(value):
     """True for a NumPy array torch can take over as it is (its own writable, contiguous memory)."""
     return isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.writeable

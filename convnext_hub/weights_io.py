@@ -164,11 +164,19 @@ def fill_shell(model, tensors, source):
         return model
     try:
         for path, variable in weights.items():
-            initialize_deferred(variable, np.asarray(tensors[path]))
+            initialize_deferred(variable, _own_array(tensors[path]))
         initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
         forget_deferred_variables(model)
     return model
+
+
+def _own_array(tensor):
+    """An array the model may keep: a lazy tensor's big values come as a copy-on-write mapping of its
+    file (no copy, no fresh memory: torch keeps the pages as they are), the rest are read."""
+    if hasattr(tensor, "read"):
+        return tensor.read(mapped=True, writable=True)
+    return np.asarray(tensor)
 
 
 def _weights_and_config(model, path):

@@ -85,6 +85,25 @@ def test_training_a_cached_load_leaves_the_entry_as_it_was(cached):
     assert_close(logits(load_pretrained(ATTO, cache_dir=root)), expected)
 
 
+def test_a_first_load_equals_timm_and_owns_its_weights(local_hub, checkpoint, tmp_path):  # noqa: F811
+    """The model a conversion hands out (on torch a shell filled with a copy-on-write mapping of the new
+    entry, elsewhere the values the conversion made) equals timm's; training it never changes the entry."""
+    timm_model, weights = checkpoint("convnext_atto")
+    upload_timm_checkpoint(local_hub, ATTO, weights)
+    root = tmp_path / "cache"
+    model = load_pretrained(ATTO, cache_dir=root)
+    [entry] = list((root / "entries" / ATTO).iterdir())
+    stored = (entry / WEIGHTS_FILE).read_bytes()
+    with torch.no_grad():
+        expected = timm_model(torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).numpy()
+    assert_close(logits(model), expected)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.train_on_batch(IMAGES, np.array([1, 2]))
+    assert np.abs(logits(model) - expected).max() > 1e-3, "a training step changed nothing"
+    assert (entry / WEIGHTS_FILE).read_bytes() == stored
+    assert_close(logits(load_pretrained(ATTO, cache_dir=root)), expected)
+
+
 def test_one_flipped_byte_with_the_old_mtime_is_found_and_rebuilt(cached, caplog):
     root, entry, expected = cached
     rewrite_keeping_stamp(entry / WEIGHTS_FILE, flip_middle_byte)

@@ -334,6 +334,13 @@ def test_mapped_read_equals_read_and_refuses_a_file_shrunk_after_opening(tmp_pat
         np.testing.assert_array_equal(lazy[key].read(), expected)
     mapped = lazy["big"].read(mapped=True)
     assert not mapped.flags.writeable and mapped.base is not None  # a view, not a copy
+    before = path.read_bytes()
+    private = lazy["big"].read(mapped=True, writable=True)  # what a torch model keeps as its weight
+    assert private.flags.writeable and private.base is not None
+    private *= 2  # copy-on-write: the array changes, the file does not
+    np.testing.assert_array_equal(private, 2 * tensors["big"])
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(lazy["big"].read(mapped=True, writable=True), tensors["big"])
 
     last = max(lazy, key=lambda key: lazy[key]._offset)
     assert last == "big"

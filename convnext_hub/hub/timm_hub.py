@@ -13,7 +13,7 @@ from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
-from ..fast_path import shells_supported
+from ..fast_path import adopts_arrays, is_shell, shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, head_of, read_timm_state_dict
@@ -70,8 +70,10 @@ class CachedWeights(Weights):
     The entry's head is known from its metadata, and its file is keyed by Keras
     variable path, so each array goes straight to its variable (no probing of
     the file, no walk of a Keras file, no second model). Right after
-    a conversion, `converted` holds the model the conversion loaded in passing:
-    `build` hands it out (once) when it is the model asked for.
+    a conversion, `converted` holds the conversion's model, loaded in passing
+    or (where variables keep the arrays they are given) a shell that `load_into`
+    fills from the new entry: `build` hands it out (once) when it is the model
+    asked for.
     """
 
     entry: Entry | None = None
@@ -118,7 +120,7 @@ class CachedWeights(Weights):
     def load_into(self, model):
         """The entry's arrays, by variable path, into `build`'s shell when `model` has the stored head,
         else through timm keys."""
-        if model is self._handed_out:  # holds the weights already, written and hashed just now
+        if model is self._handed_out and not is_shell(model):  # loaded as the entry was written
             return model
         weights = self.confirmed()
         if weights is not self:
@@ -177,7 +179,7 @@ def _from_hf_cache(entry, cache, revision, offline):
 
 def _cached_conversion(entry, cache, revision, remote, local_path):
     """`(entry, model)`: the cache entry of `remote` (hash check pending), converting `local_path()` into it
-    when missing; `model` is the model that conversion loaded in passing, else None."""
+    when missing; `model` is that conversion's model (see `convert_source`), else None."""
     name, key = entry["name"], entry_key(remote.etag)
     converted = {}
 
@@ -196,14 +198,18 @@ def convert_source(path, entry, remote, folder, digest):
     `digest` is given every byte of that file.
 
     The weights stream from the checkpoint into the entry's weights file one
-    tensor at a time (`converters.convert_to_weights_file`), and each also
-    becomes the value of the returned model's variable: the load that follows a
-    conversion gets that model instead of reading the file back.
+    tensor at a time (`converters.convert_to_weights_file`). On JAX and
+    TensorFlow, which copy every array into buffers of their own, each also
+    becomes the value of the returned model's variable, so the load that
+    follows gets that model instead of reading the file back. On torch, where a
+    variable keeps the very array it is given, the model is a shell: the load
+    fills it with a copy-on-write mapping of the new entry, whose pages are
+    already in memory, instead of keeping a second, freshly allocated set.
     """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    keep = shells_supported()
+    keep = shells_supported() and not adopts_arrays()
     model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
                                     arch=entry["architecture"], source=path, keep_weights=keep, digest=digest)
     meta = {
@@ -216,7 +222,7 @@ def convert_source(path, entry, remote, folder, digest):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
-    return meta, model if keep else None
+    return meta, model if shells_supported() else None
 
 
 def _require_torch(remote):
