@@ -111,8 +111,10 @@ def test_first_download_matches_timm_and_fills_cache(local_hub, checkpoint, cach
 
 def test_first_load_keeps_the_converted_model_and_reads_nothing_back(local_hub, checkpoint, cache_dir, tmp_path,
                                                                      monkeypatch):
-    """The conversion's model is the one returned (no load of the weights file it wrote), equal to timm and
-    complete: it saves and reloads as `.keras` and trains; other arguments still get a model of their own."""
+    """The conversion's model is the one returned, equal to timm and complete: it saves and reloads as
+    `.keras` and trains; other arguments still get a model of their own. On JAX and TensorFlow it holds the
+    values the conversion made (no load of the file it wrote); on torch it is the conversion's shell, filled
+    once from the new entry (mapped pages, see test_cache_integrity)."""
     timm_model, weights = checkpoint("convnextv2_atto")
     upload(local_hub, V2_ATTO, weights)
     from convnext_hub.hub import timm_hub
@@ -128,7 +130,20 @@ def test_first_load_keeps_the_converted_model_and_reads_nothing_back(local_hub, 
 
     monkeypatch.setattr(timm_hub, "fill_shell", counted(real_fill))
     monkeypatch.setattr(keras.Model, "load_weights", counted(real_load_weights))
+    built = []
+    real_convert = timm_hub.convert_source
+
+    def recording_convert(*args):
+        meta, model = real_convert(*args)
+        built.append(model)
+        return meta, model
+
+    monkeypatch.setattr(timm_hub, "convert_source", recording_convert)
     first = load_pretrained(V2_ATTO, cache_dir=cache_dir)
+    assert built == [first]
+    if keras.backend.backend() == "torch":
+        assert len(reads) == 1 and reads[0][0] is first, "the conversion's shell was not filled once"
+        reads.clear()
     assert not reads, "the first load read its weights file back"
     expected = timm_out(timm_model)
     assert_close(keras_out(first), expected)
