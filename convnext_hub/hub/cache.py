@@ -177,7 +177,7 @@ class Cache:
             return None
 
     def store(self, name, key, write):
-        """The entry `name`/`key`, made by `write(folder) -> meta` unless another process did.
+        """The entry `name`/`key`, made by `write(folder, digest) -> meta` unless another process did.
 
         `write(folder, digest)` puts `WEIGHTS_FILE` into `folder`, giving
         `digest.update` every byte it writes (so the file's hash needs no second
