@@ -164,7 +164,7 @@ def initialize_deferred(variable, value):
             import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
 
             return jax.device_put(value)
-        if keras.backend.backend() == "torch" and _adoptable(value):
+        if adopts_arrays() and _adoptable(value):
             import torch  # the array itself: Keras would copy it twice
 
             return torch.from_numpy(value)

@@ -185,8 +185,8 @@ class Cache:
         a time (file lock). The entry is written into `tmp/` and renamed into
         place; on any error nothing of it stays behind. It is not fsynced: an
         entry torn by a power loss fails its hash check, is deleted and is
-        converted again, so waiting for the disk (half a second for a 2.6 GB
-        entry) would buy nothing but that conversion.
+        converted again, so waiting for the disk would buy nothing but that
+        conversion.
         """
         lock_dir = self._make_dir(self.root / "locks" / name)
         lock = FileLock(os.fspath(lock_dir / f"{key}.lock"))

@@ -2,8 +2,8 @@
 
 Everything goes through `huggingface_hub` (its cache, progress bars,
 `HF_ENDPOINT`, `HF_HUB_OFFLINE`, tokens). Its download functions are imported
-with this module, not on first use: their module takes a tenth of a second to
-import, which belongs with the imports, not inside the first load.
+with this module, not on first use: importing their module is start-up work,
+which belongs with the imports, not inside the first load.
 """
 import hashlib
 import logging

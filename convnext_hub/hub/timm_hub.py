@@ -209,9 +209,10 @@ def convert_source(path, entry, remote, folder, digest):
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    keep = shells_supported() and not adopts_arrays()
+    shells = shells_supported()
     model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
-                                    arch=entry["architecture"], source=path, keep_weights=keep, digest=digest)
+                                    arch=entry["architecture"], source=path,
+                                    keep_weights=shells and not adopts_arrays(), digest=digest)
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],
@@ -222,7 +223,7 @@ def convert_source(path, entry, remote, folder, digest):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
-    return meta, model if shells_supported() else None
+    return meta, model if shells else None
 
 
 def _require_torch(remote):
