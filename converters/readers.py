@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 
 import numpy as np
 
@@ -222,24 +223,38 @@ def _decode(raw, dtype):
 
 
 MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more than it saves
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 
 
 def _mapped_view(f, offset, nbytes, writable=False):
     """uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once.
 
-    Read-only; or, `writable`, a private copy-on-write mapping: a page is copied
-    the first time it is written, and the file never changes.
+    Read-only; or, `writable`, a private copy-on-write mapping: the page cache's
+    own pages until one is written, which copies that page only, and the file
+    never changes. (`MAP_POPULATE` would copy every page of a writable private
+    mapping up front, so those pages are mapped with `MADV_POPULATE_READ`.)
     """
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     length = offset + nbytes - start
-    if hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
-        sharing, prot = (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE) if writable else (
-            mmap.MAP_SHARED, mmap.PROT_READ)
-        mapping = mmap.mmap(f.fileno(), length, flags=sharing | mmap.MAP_POPULATE, prot=prot, offset=start)
-    else:
-        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ,
+    if writable:
+        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=start)
+        _map_pages_now(mapping)
+    elif hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
+        mapping = mmap.mmap(f.fileno(), length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ,
                             offset=start)
+    else:
+        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
     return np.frombuffer(mapping, np.uint8, count=nbytes, offset=offset - start)
+
+
+def _map_pages_now(mapping):
+    """Maps every page of `mapping` readable in one call, copying none (Linux 5.14+); elsewhere pages
+    are mapped as they are first touched."""
+    if MADV_POPULATE_READ is not None:
+        try:
+            mapping.madvise(MADV_POPULATE_READ)
+        except OSError:  # an older kernel
+            pass
 
 
 class LazyTensor:

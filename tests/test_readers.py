@@ -315,6 +315,31 @@ def test_readers_import_no_torch_timm_keras():
     assert out.stdout.strip() == "[]"
 
 
+def _anonymous_mb():
+    """This process's anonymous resident memory (Linux): what copies take, unlike mapped file pages."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
+
+
+def test_a_writable_mapped_read_shares_the_page_cache_until_written(tmp_path):
+    """A model's weight taken from a cache entry is the page cache's pages: reading it maps 64 MB
+    without copying them; writing one value copies one page; the file never changes."""
+    from safetensors.numpy import save_file
+
+    from converters.readers import read_safetensors
+
+    expected = np.random.default_rng(1).standard_normal((16, 1 << 20)).astype("float32")  # 64 MB
+    path = tmp_path / "w.safetensors"
+    save_file({"big": expected}, str(path))
+    before, anonymous = path.read_bytes(), _anonymous_mb()
+    private = read_safetensors(str(path), lazy=True)["big"].read(mapped=True, writable=True)
+    np.testing.assert_array_equal(private, expected)
+    assert _anonymous_mb() - anonymous < 16, "the mapped pages were copied"
+    private[3, 5] = 7.0
+    assert _anonymous_mb() - anonymous < 16
+    assert private[3, 5] == 7.0 and path.read_bytes() == before
+
+
 def test_mapped_read_equals_read_and_refuses_a_file_shrunk_after_opening(tmp_path):
     """The streaming converter's reads: a big float32 tensor is a read-only view of the mapped file;
     a file cut short after its header was checked is refused with the key, not a crash (SIGBUS)."""
