@@ -31,9 +31,10 @@ from benchmarks.random_weights import write_random_safetensors  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
-# Runs a command in this interpreter (runpy), then reports its peak RSS; the parent times spawn to exit.
+# Runs a command in this interpreter (runpy), then reports its peak RSS (VmHWM: a child's `ru_maxrss` starts
+# at its parent's peak, which Linux keeps across exec); the parent times spawn to exit.
 CHILD = r"""
-import json, resource, runpy, sys
+import json, runpy, sys
 mode, arch, path, out = sys.argv[1:5]
 if mode == "timm":
     import timm
@@ -45,7 +46,9 @@ else:
     except SystemExit as e:
         if e.code:
             raise
-print("RESULT " + json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+print("RESULT " + json.dumps({"peak_rss": peak,
                               "backend": sys.modules["keras"].backend.backend() if "keras" in sys.modules else None}))
 """
 

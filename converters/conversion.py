@@ -16,7 +16,7 @@ from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
 from .mapping import timm_module_path, weight_slots
-from .writers import write_safetensors
+from .writers import DATA_ALIGNMENT, write_safetensors
 
 logger = logging.getLogger("converters")
 
@@ -75,6 +75,8 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     with keras.StatelessScope(initialize_variables=False):
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
     plan = plan_weights(model, state_dict, source=source)
+    if safetensors:
+        plan = _aligned_first(plan)
     values = _read_ahead(plan, reuse_arrays=not keep_weights)  # a kept value must keep its array
     bar = _progress_bar(plan) if progress else None
 
@@ -104,6 +106,16 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     return model
 
 
+def _aligned_first(plan):
+    """`plan` with the values whose size is a multiple of `DATA_ALIGNMENT` bytes first, in their order:
+    each of those then starts on that boundary in a safetensors file (whose data does), so torch and
+    JAX can keep its mapped pages as they are; the few others (small vectors) follow."""
+    def odd_size(step):
+        variable = step[0]
+        return math.prod(variable.shape) * np.dtype(variable.dtype).itemsize % DATA_ALIGNMENT != 0
+    return sorted(plan, key=odd_size)
+
+
 def _read_ahead(plan, reuse_arrays=True):
     """Yields `(variable, value)` in plan order, reading the next tensor in a thread meanwhile.
 
@@ -128,7 +140,7 @@ class _Scratch:
     """Named arrays reused from one tensor to the next, grown when a bigger one comes.
 
     `keep=True`: the values are kept (each becomes a model's weight), so only the
-    raw read comes from here (`array("keras")` is None).
+    raw read is reused; every other array is new (`aligned_empty`).
     """
 
     def __init__(self, keep=False):
@@ -138,7 +150,7 @@ class _Scratch:
     def array(self, name):
         """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
         if self.keep and name != "raw":
-            return None
+            return aligned_empty
         def scratch(shape, dtype):
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             buffer = self._buffers.get(name)
@@ -146,6 +158,15 @@ class _Scratch:
                 buffer = self._buffers[name] = np.empty(nbytes, np.uint8)
             return buffer[:nbytes].view(dtype).reshape(shape)
         return scratch
+
+
+def aligned_empty(shape, dtype, alignment=64):
+    """A new uninitialised C-contiguous array whose data starts on an `alignment`-byte boundary:
+    JAX takes such an array over as it is, where it copies one on numpy's usual 16-byte boundary."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffer = np.empty(nbytes + alignment, np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _streaming_saver(layer, values, written):
@@ -278,7 +299,8 @@ def _read(slot, tensor, source, scratch=None):
     check_finite({slot.timm_key: raw}, source, target_dtype=slot.variable.dtype)
     value = slot.to_keras(raw, scratch.array("keras") if scratch else None)
     if scratch and scratch.keep and value is raw:  # a kept value needs memory of its own
-        value = np.array(raw)
+        value = scratch.array("keras")(raw.shape, raw.dtype)
+        value[...] = raw
     if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:
         return value
     return keras.ops.cast(value, slot.variable.dtype)

@@ -175,8 +175,9 @@ def initialize_deferred(variable, value):
 
 
 def adopts_arrays():
-    """True where a shell's variable keeps the very NumPy array `initialize_deferred` gives it (torch)."""
-    return keras.backend.backend() == "torch"
+    """True where a shell's variable keeps the NumPy array `initialize_deferred` gives it rather than a copy:
+    torch always; JAX when the array starts on a 64-byte boundary, as a cache entry's big tensors do."""
+    return keras.backend.backend() in ("torch", "jax")
 
 
 def _adoptable(value):

@@ -198,12 +198,12 @@ def convert_source(path, entry, remote, folder, digest):
     `digest` is given every byte of that file.
 
     The weights stream from the checkpoint into the entry's weights file one
-    tensor at a time (`converters.convert_to_weights_file`). On JAX and
-    TensorFlow, which copy every array into buffers of their own, each also
-    becomes the value of the returned model's variable, so the load that
-    follows gets that model instead of reading the file back. On torch, where a
-    variable keeps the very array it is given, the model is a shell: the load
-    fills it with a copy-on-write mapping of the new entry, whose pages are
+    tensor at a time (`converters.convert_to_weights_file`). On TensorFlow,
+    which copies every array into buffers of its own, each also becomes the
+    value of the returned model's variable, so the load that follows gets that
+    model instead of reading the file back. On torch and JAX, where a variable
+    keeps the array it is given (`adopts_arrays`), the model is a shell: the
+    load fills it with a copy-on-write mapping of the new entry, whose pages are
     already in memory, instead of keeping a second, freshly allocated set.
     """
     if remote.filename.endswith(".bin"):
