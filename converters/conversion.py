@@ -140,7 +140,7 @@ class _Scratch:
     """Named arrays reused from one tensor to the next, grown when a bigger one comes.
 
     `keep=True`: the values are kept (each becomes a model's weight), so only the
-    raw read is reused; every other array is new (`aligned_empty`).
+    raw read comes from here (`array("keras")` is None).
     """
 
     def __init__(self, keep=False):
@@ -150,7 +150,7 @@ class _Scratch:
     def array(self, name):
         """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
         if self.keep and name != "raw":
-            return aligned_empty
+            return None
         def scratch(shape, dtype):
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             buffer = self._buffers.get(name)
@@ -158,15 +158,6 @@ class _Scratch:
                 buffer = self._buffers[name] = np.empty(nbytes, np.uint8)
             return buffer[:nbytes].view(dtype).reshape(shape)
         return scratch
-
-
-def aligned_empty(shape, dtype, alignment=64):
-    """A new uninitialised C-contiguous array whose data starts on an `alignment`-byte boundary:
-    JAX takes such an array over as it is, where it copies one on numpy's usual 16-byte boundary."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    buffer = np.empty(nbytes + alignment, np.uint8)
-    start = -buffer.ctypes.data % alignment
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _streaming_saver(layer, values, written):
@@ -299,8 +290,7 @@ def _read(slot, tensor, source, scratch=None):
     check_finite({slot.timm_key: raw}, source, target_dtype=slot.variable.dtype)
     value = slot.to_keras(raw, scratch.array("keras") if scratch else None)
     if scratch and scratch.keep and value is raw:  # a kept value needs memory of its own
-        value = scratch.array("keras")(raw.shape, raw.dtype)
-        value[...] = raw
+        value = np.array(raw)
     if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:
         return value
     return keras.ops.cast(value, slot.variable.dtype)

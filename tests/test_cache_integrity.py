@@ -7,6 +7,7 @@ before any weight is read. The two kinds of refs live in two stores.
 import json
 import logging
 import os
+import struct
 
 import keras
 import numpy as np
@@ -71,6 +72,20 @@ def test_entry_is_a_safetensors_file_of_the_models_variables_with_size_and_hash(
     assert sorted(stored) == sorted(v.path for v in model.weights)
     for variable in model.weights:
         np.testing.assert_array_equal(stored[variable.path], keras.ops.convert_to_numpy(variable))
+
+
+def test_entry_tensors_of_whole_64_byte_blocks_start_on_64_byte_boundaries(cached):
+    """What lets torch and JAX keep an entry's mapped pages as their weights, without a copy: their data
+    starts 64-byte aligned (atto's 40-channel vectors, 160 bytes each, would otherwise shift what follows)."""
+    _, entry, _ = cached
+    data = (entry / WEIGHTS_FILE).read_bytes()
+    header_size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + header_size])
+    spans = [tensor["data_offsets"] for key, tensor in header.items() if key != "__metadata__"]
+    assert any((end - start) % 64 for start, end in spans), "atto has vectors of 160 bytes"
+    for start, end in spans:
+        if (end - start) % 64 == 0:
+            assert (8 + header_size + start) % 64 == 0
 
 
 def test_training_a_cached_load_leaves_the_entry_as_it_was(cached):
