@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from convnext_hub.families import create_from_structure, create_model
-from convnext_hub.fast_path import forget_deferred_variables, initialize_deferred, initialize_deferred_variables
+from convnext_hub.fast_path import forget_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
@@ -51,8 +51,8 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
     return load_timm_state_dict(model, state_dict, source=source, progress=progress)
 
 
-def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, keep_weights=False,
-                            digest=None, **model_kwargs):
+def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, digest=None,
+                            **model_kwargs):
     """Writes the weights of `convert(...)` to `path` without ever holding them in memory.
 
     `path` ending in `.safetensors`: a safetensors file keyed by Keras variable
@@ -61,11 +61,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     The model is built as a shell (variables declared, never allocated) and the
     values are read from the checkpoint as they are written (the next tensor
     while this one is written). Same checks and errors as `convert`; returns the
-    shell model (architecture and config, no weights).
-
-    With `keep_weights=True` each variable also takes the value just written, so the
-    returned model is `convert(...)`'s, loaded in the same pass over the checkpoint
-    (a first load needs no second read of the file it wrote). `digest` (safetensors
+    shell model (architecture and config, no weights). `digest` (safetensors
     only) is given every byte written (see `writers.write_safetensors`).
     """
     safetensors = str(path).endswith(".safetensors")
@@ -77,13 +73,11 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     plan = plan_weights(model, state_dict, source=source)
     if safetensors:
         plan = _aligned_first(plan)
-    values = _read_ahead(plan, reuse_arrays=not keep_weights)  # a kept value must keep its array
+    values = _read_ahead(plan)
     bar = _progress_bar(plan) if progress else None
 
     def written(variable, value):
-        """Called with each value as it is written: keeps it (`keep_weights`) and counts it."""
-        if keep_weights:
-            initialize_deferred(variable, value)
+        """Called with each value as it is written: counts it."""
         if bar is not None:
             bar.update()
         return value
@@ -96,8 +90,6 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
         else:
             with _saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
                 model.save_weights(path)
-        if keep_weights:
-            initialize_deferred_variables(model)  # what is not a weight: e.g. the random seeds' state
     finally:
         values.close()
         if bar is not None:
@@ -116,15 +108,14 @@ def _aligned_first(plan):
     return sorted(plan, key=odd_size)
 
 
-def _read_ahead(plan, reuse_arrays=True):
+def _read_ahead(plan):
     """Yields `(variable, value)` in plan order, reading the next tensor in a thread meanwhile.
 
-    With `reuse_arrays`, values live in two sets of reused arrays, taking turns: the
-    caller must be done with a value when it asks for the next one. Reusing them spares
-    faulting in fresh memory for every big tensor (seconds for a 2.6 GB model). Without,
-    each value has memory of its own, and only the file's raw bytes pass through them.
+    Values live in two sets of reused arrays, taking turns: the caller must be
+    done with a value when it asks for the next one. Reusing them spares faulting
+    in fresh memory for every big tensor (seconds for a 2.6 GB model).
     """
-    scratches = (_Scratch(), _Scratch()) if reuse_arrays else (_Scratch(keep=True), _Scratch(keep=True))
+    scratches = (_Scratch(), _Scratch())
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = None
         for index, (variable, read) in enumerate(plan):
@@ -137,20 +128,13 @@ def _read_ahead(plan, reuse_arrays=True):
 
 
 class _Scratch:
-    """Named arrays reused from one tensor to the next, grown when a bigger one comes.
+    """Named arrays reused from one tensor to the next, grown when a bigger one comes."""
 
-    `keep=True`: the values are kept (each becomes a model's weight), so only the
-    raw read comes from here (`array("keras")` is None).
-    """
-
-    def __init__(self, keep=False):
+    def __init__(self):
         self._buffers = {}
-        self.keep = keep
 
     def array(self, name):
         """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
-        if self.keep and name != "raw":
-            return None
         def scratch(shape, dtype):
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             buffer = self._buffers.get(name)
@@ -289,8 +273,6 @@ def _read(slot, tensor, source, scratch=None):
         raw = np.asarray(tensor)
     check_finite({slot.timm_key: raw}, source, target_dtype=slot.variable.dtype)
     value = slot.to_keras(raw, scratch.array("keras") if scratch else None)
-    if scratch and scratch.keep and value is raw:  # a kept value needs memory of its own
-        value = np.array(raw)
     if keras.backend.standardize_dtype(value.dtype) == slot.variable.dtype:
         return value
     return keras.ops.cast(value, slot.variable.dtype)

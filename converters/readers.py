@@ -226,6 +226,15 @@ MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 
 
+def aligned_empty(shape, dtype, alignment=64):
+    """A new uninitialised array whose data starts on an `alignment`-byte boundary (as mapped tensors of
+    a cache entry do): JAX and TensorFlow keep such an array as a weight instead of copying it."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffer = np.empty(nbytes + alignment, np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _mapped_view(f, offset, nbytes, writable=False):
     """uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once.
 
@@ -288,7 +297,7 @@ class LazyTensor:
             if mapped and self.stored_dtype == "F32" and self._nbytes >= MIN_MAPPED_BYTES:
                 view = _mapped_view(f, self._offset, self._nbytes, writable)
                 return view.view(stored).reshape(self.shape)
-            raw = scratch(self.shape, stored) if scratch else np.empty(self.shape, stored)
+            raw = scratch(self.shape, stored) if scratch else aligned_empty(self.shape, stored)
             f.seek(self._offset)
             if f.readinto(raw.reshape(-1).view(np.uint8)) != self._nbytes:
                 raise self._ended_early()

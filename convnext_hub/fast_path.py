@@ -37,6 +37,7 @@ logger = logging.getLogger("convnext_hub")
 CHECKED_KERAS_VERSIONS = ("3.15",)
 MODEL_INTERNALS = ("_nodes_by_depth", "_standardize_inputs")  # and each node's `arguments.fill_in`
 ENV_SWITCH = "CONVNEXT_HUB_FAST_PATH"
+ADOPTED_ALIGNMENT = 64  # bytes: what JAX and TensorFlow need to keep an array rather than copy it
 _notice_given = False
 
 
@@ -152,37 +153,43 @@ def shells_supported():
 
 
 def initialize_deferred(variable, value):
-    """Give a shell's never-initialised variable the array `value` (which it may keep: no copy is made).
+    """Give a shell's never-initialised variable the array `value`, which it keeps where it can (no copy).
 
+    Each backend is handed the array in the form it adopts as it is: torch a
+    tensor sharing its memory, TensorFlow a DLPack view of it, JAX a transfer
+    (which, on the CPU, keeps an array that starts on a 64-byte boundary).
     Reads Keras' private `_initialize_with_initializer`, the step `_deferred_initialize`
     runs with the variable's initializer (`shells_supported` says whether this Keras has it).
     """
     def stored(shape, dtype):
         if keras.backend.standardize_dtype(value.dtype) != dtype:
             return keras.ops.cast(value, dtype)
-        if keras.backend.backend() == "jax" and isinstance(value, np.ndarray):
-            import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
-
-            return jax.device_put(value)
-        if adopts_arrays() and _adoptable(value):
-            import torch  # the array itself: Keras would copy it twice
-
-            return torch.from_numpy(value)
-        return value
+        return _adopted(value)
 
     variable._initialize_with_initializer(stored)
     variable._initializer = None
 
 
-def adopts_arrays():
-    """True where a shell's variable keeps the NumPy array `initialize_deferred` gives it rather than a copy:
-    torch always; JAX when the array starts on a 64-byte boundary, as a cache entry's big tensors do."""
-    return keras.backend.backend() in ("torch", "jax")
+def _adopted(value):
+    """`value` as this backend's tensor, sharing its memory where the backend can; else `value`."""
+    if not isinstance(value, np.ndarray):
+        return value
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
 
+        return jax.device_put(value)
+    if not (value.flags.c_contiguous and value.flags.writeable):
+        return value  # Keras copies it
+    if backend == "torch":
+        import torch  # Keras would copy it twice
 
-def _adoptable(value):
-    """True for a NumPy array torch can take over as it is (its own writable, contiguous memory)."""
-    return isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.writeable
+        return torch.from_numpy(value)
+    if backend == "tensorflow" and value.ctypes.data % ADOPTED_ALIGNMENT == 0:
+        import tensorflow as tf  # Keras would copy it twice; TensorFlow's kernels expect this alignment
+
+        return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+    return value
 
 
 def is_shell(model):

@@ -13,7 +13,7 @@ from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
 
 from . import fetch
-from ..fast_path import adopts_arrays, is_shell, shells_supported
+from ..fast_path import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, head_of, read_timm_state_dict
@@ -70,10 +70,9 @@ class CachedWeights(Weights):
     The entry's head is known from its metadata, and its file is keyed by Keras
     variable path, so each array goes straight to its variable (no probing of
     the file, no walk of a Keras file, no second model). Right after
-    a conversion, `converted` holds the conversion's model, loaded in passing
-    or (where variables keep the arrays they are given) a shell that `load_into`
-    fills from the new entry: `build` hands it out (once) when it is the model
-    asked for.
+    a conversion, `converted` holds the conversion's model, a shell that
+    `load_into` fills from the new entry: `build` hands it out (once) when it
+    is the model asked for.
     """
 
     entry: Entry | None = None
@@ -81,7 +80,6 @@ class CachedWeights(Weights):
     rebuild: Callable[[], Weights] | None = None
     converted: keras.Model | None = field(default=None, repr=False)
     _confirmed: Weights | None = field(default=None, init=False, repr=False)
-    _handed_out: keras.Model | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, registry_entry, hit, cache, rebuild, converted=None):
@@ -105,7 +103,6 @@ class CachedWeights(Weights):
         wanted = {key: value for key, value in model_kwargs.items() if key != "pretrained_cfg"}
         if model is not None and wanted == {"num_classes": model.num_classes}:
             model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
-            self._handed_out = model
             return model
         if self.stores_head({**HEAD_DEFAULTS, **model_kwargs}):  # `load_into` fills it from the entry
             return build_shell(lambda: super(CachedWeights, self).build(**model_kwargs))
@@ -120,8 +117,6 @@ class CachedWeights(Weights):
     def load_into(self, model):
         """The entry's arrays, by variable path, into `build`'s shell when `model` has the stored head,
         else through timm keys."""
-        if model is self._handed_out and not is_shell(model):  # loaded as the entry was written
-            return model
         weights = self.confirmed()
         if weights is not self:
             return weights.load_into(model)
@@ -198,21 +193,17 @@ def convert_source(path, entry, remote, folder, digest):
     `digest` is given every byte of that file.
 
     The weights stream from the checkpoint into the entry's weights file one
-    tensor at a time (`converters.convert_to_weights_file`). On TensorFlow,
-    which copies every array into buffers of its own, each also becomes the
-    value of the returned model's variable, so the load that follows gets that
-    model instead of reading the file back. On torch and JAX, where a variable
-    keeps the array it is given (`adopts_arrays`), the model is a shell: the
-    load fills it with a copy-on-write mapping of the new entry, whose pages are
-    already in memory, instead of keeping a second, freshly allocated set.
+    tensor at a time (`converters.convert_to_weights_file`), through two reused
+    buffers. The model returned is the conversion's shell: the load fills it
+    with a copy-on-write mapping of the new entry, whose pages the write left
+    in memory, and every backend keeps those pages as they are (see
+    `fast_path.initialize_deferred`): no second set of weights is allocated.
     """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    shells = shells_supported()
     model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
-                                    arch=entry["architecture"], source=path,
-                                    keep_weights=shells and not adopts_arrays(), digest=digest)
+                                    arch=entry["architecture"], source=path, digest=digest)
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],
@@ -223,7 +214,7 @@ def convert_source(path, entry, remote, folder, digest):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pretrained_cfg": entry,
     }
-    return meta, model if shells else None
+    return meta, model if shells_supported() else None
 
 
 def _require_torch(remote):
