@@ -55,6 +55,7 @@ print("RESULT " + json.dumps({"peak_rss": peak,
 
 def run(mode, arch, path, out, backend):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend, PYTHONPATH=str(REPO_ROOT))
+    os.sync()  # the disk has written back earlier runs' files, which would otherwise slow this one's writes
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, arch, path, out], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -87,6 +87,7 @@ with torch.no_grad():
 
 def run_child(code, name, env):
     """A fresh interpreter running `code`: seconds from spawn to each phase, and its memory figures."""
+    os.sync()  # the disk has written back earlier children's files, which would otherwise slow this one's writes
     start = time.time()
     out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
