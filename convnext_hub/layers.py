@@ -103,8 +103,16 @@ def _check_rate(name, value):
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
 
 
+class KeepsShape:
+    """For layers whose output has their input's shape: said outright, so that building a model does
+    not trace the layer's `call` to find out (which Keras does for layers that do not say)."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class LayerScale(keras.layers.Layer):
+class LayerScale(KeepsShape, keras.layers.Layer):
     """Multiplies each channel by a learned scale `gamma` (ConvNeXt V1).
 
     Args:
@@ -130,7 +138,7 @@ class LayerScale(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class GlobalResponseNorm(keras.layers.Layer):
+class GlobalResponseNorm(KeepsShape, keras.layers.Layer):
     """Global Response Normalization (ConvNeXt V2), channels-last.
 
     `Gx = ||x||_2 over H, W`; `Nx = Gx / (mean_c Gx + epsilon)`;
@@ -164,7 +172,7 @@ class GlobalResponseNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class RMSNorm(keras.layers.Layer):
+class RMSNorm(KeepsShape, keras.layers.Layer):
     """`x * rsqrt(mean_c(x^2) + epsilon) * gamma` over channels; no bias (timm RmsNorm2d)."""
 
     def __init__(self, epsilon=1e-6, **kwargs):
@@ -222,7 +230,7 @@ class LayerNorm(keras.layers.LayerNormalization):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class GELU(keras.layers.Layer):
+class GELU(KeepsShape, keras.layers.Layer):
     """Exact GELU as a layer (the `overlap_act` stem), through `gelu`."""
 
     def call(self, x):
@@ -241,7 +249,7 @@ class SimpleNorm(RMSNorm):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class StochasticDepth(keras.layers.Layer):
+class StochasticDepth(KeepsShape, keras.layers.Layer):
     """Drops the whole residual branch of a sample with probability `rate` in training.
 
     Survivors are scaled by `1 / (1 - rate)`; the noise has shape `(B, 1, 1, 1)`.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from convnext_hub import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
-from convnext_hub.layers import Conv2D, Dense, DepthwiseConv2D
+from convnext_hub.layers import GELU, Conv2D, Dense, DepthwiseConv2D
 
 
 def _x(shape=(2, 5, 7, 6), scale=1.0, seed=0):
@@ -147,3 +147,20 @@ def test_statistics_in_float32_under_float16():
     norm.build(x.shape)
     expected = x / np.sqrt((x.astype("float64") ** 2).mean(axis=-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(_run(norm, x.astype("float16")), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_float16"])
+@pytest.mark.parametrize("make", [
+    lambda dtype: LayerScale(0.5, dtype=dtype), lambda dtype: GlobalResponseNorm(dtype=dtype),
+    lambda dtype: RMSNorm(dtype=dtype), lambda dtype: SimpleNorm(dtype=dtype),
+    lambda dtype: StochasticDepth(0.2, dtype=dtype), lambda dtype: GELU(dtype=dtype),
+], ids=["LayerScale", "GlobalResponseNorm", "RMSNorm", "SimpleNorm", "StochasticDepth", "GELU"])
+def test_symbolic_output_is_the_real_outputs_shape_and_dtype(make, dtype):
+    """A model's build takes these layers' output spec from `compute_output_shape`, without tracing
+    `call`: it must be what `call` gives."""
+    x = _x((2, 5, 7, 6))
+    layer = make(dtype)
+    spec = layer(keras.KerasTensor(x.shape, dtype="float32"))
+    real = layer(x, training=True) if isinstance(layer, StochasticDepth) else layer(x)
+    assert tuple(spec.shape) == tuple(real.shape)
+    assert spec.dtype == keras.backend.standardize_dtype(real.dtype) == layer.compute_dtype
