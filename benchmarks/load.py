@@ -8,6 +8,7 @@ side, for each Keras backend (each with its own convnext_hub cache):
 - first load: `load_pretrained` converts from that warm huggingface_hub cache
   into ours (the streaming conversion), against timm's create from the same
   cache; with the load's peak RSS above the process's RSS after its imports;
+  `--runs` times, into an emptied cache each time;
 - cached load: fresh interpreters timed from spawn to the first logits of one
   224x224 image (`model(x)`), with their phases (imports, create + load, first
   forward). On JAX the first load's process compiled the forward (cold
@@ -126,7 +127,7 @@ def measure(name, hub, workdir, backends, runs):
     envs = {b: {**base_env, "KERAS_BACKEND": b, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub" / b)}
             for b in backends}
     timm_download = run_child(TIMM, entry["name"], base_env)  # fills huggingface_hub's cache
-    first = {b: run_child(OURS, name, envs[b]) for b in backends}  # converts from that cache into ours
+    first = first_loads(name, envs, runs)  # converts from that cache into ours
     timed = {side: [] for side in ("timm", *backends)}
     for _ in range(runs):  # alternate, so drift hits every side
         timed["timm"].append(run_child(TIMM, entry["name"], base_env))
@@ -151,6 +152,20 @@ def measure(name, hub, workdir, backends, runs):
     shutil.rmtree(workdir / "convnext_hub", ignore_errors=True)  # disk: the big files exist 3 times
     shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]), ignore_errors=True)
     return row
+
+
+def first_loads(name, envs, runs):
+    """Per backend, medians of `runs` first loads (backends alternating), each converting into an emptied
+    cache; JAX's compilation cache is kept after the first, so `forward` is the first run's (compiled
+    from nothing)."""
+    loads = {backend: [] for backend in envs}
+    for _ in range(runs):
+        for backend, env in envs.items():
+            for path in Path(env["CONVNEXT_HUB_CACHE"]).glob("*"):
+                if path.name != "jax":
+                    shutil.rmtree(path)
+            loads[backend].append(run_child(OURS, name, env))
+    return {backend: {**median_run(runs_), "forward": runs_[0]["forward"]} for backend, runs_ in loads.items()}
 
 
 def print_rows(rows, runs):
