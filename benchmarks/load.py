@@ -217,7 +217,7 @@ def main(argv=None):
     groups = {f"{row['name'].split('.')[0]}\n{what}": {b: v["ratios"][key] for b, v in row["backends"].items()}
               for row in rows for what, key in (("cached load+forward", "cached_load_forward"),
                                                  ("whole process", "total"), ("first load", "first_load"),
-                                                 ("first-load peak / file", "first_load_peak_over_checkpoint"))}
+                                                 ("first-load\npeak / file", "first_load_peak_over_checkpoint"))}
     chart = report.bar_chart("load", "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0)
     if chart:
         print(f"wrote {chart}")
