@@ -28,6 +28,30 @@ CLASSIFIER_LAYER = "head_fc"
 HEAD_LAYERS = ("norm_pre", "head_global_pool", "head_norm", "head_pre_logits_fc", "head_drop", "head_fc", "predictions")
 
 
+@contextlib.contextmanager
+def _tensorflow_left_unimported():
+    """Inside, Keras' serializer does not import TensorFlow (seconds, on JAX or torch) where nothing has.
+
+    It imports it only to ask whether a value is a `tf.TensorShape`, and no
+    value can be one while TensorFlow was never imported. Sets Keras' private
+    record of whether TensorFlow is available, restored on the way out.
+    """
+    import sys
+
+    try:
+        from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
+    except ImportError:
+        lazy_tensorflow = None
+    if "tensorflow" in sys.modules or getattr(lazy_tensorflow, "_available", True) is not None:
+        yield
+        return
+    lazy_tensorflow._available = False
+    try:
+        yield
+    finally:
+        lazy_tensorflow._available = None
+
+
 def _make_divisible(value, divisor=8):
     """timm's `make_divisible` with its defaults (round to nearest, at least 90% of `value`)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -227,8 +251,10 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
 
     def get_config(self):
         # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
-        config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable")}
-        config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
+        with _tensorflow_left_unimported():
+            config = {key: value for key, value in keras.Model.get_config(self).items()
+                      if key in ("name", "trainable")}
+            config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
         return {
             **config,
             "depths": list(self.depths),

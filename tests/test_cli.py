@@ -211,3 +211,33 @@ def test_clip_tower_with_projection_converts():
     model = convert(timm_to_clip(state_dict_numpy(ref)))
     assert model.num_classes == 12
     assert_matches_timm(model, ref, random_images(64, 64, seed=3), "open_clip tower")
+
+
+def test_streaming_on_jax_never_imports_tensorflow(reference, tmp_path):
+    """Where JAX is installed the command streams on JAX; writing the weights and `config.json` then needs
+    no TensorFlow, whose import (seconds) Keras' serializer would otherwise make to test for a tf.TensorShape."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ref, sd = reference
+    out = tmp_path / "out"
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['timm_to_keras', sys.argv[1], '--out', sys.argv[2]]\n"
+        "try:\n"
+        "    runpy.run_module('converters.timm_to_keras', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('backend', sys.modules['keras'].backend.backend(), 'tensorflow', 'tensorflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("KERAS_BACKEND", None)
+    result = subprocess.run([sys.executable, "-c", script, _save(sd, tmp_path / "w.safetensors"), str(out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "backend jax tensorflow False"
+    config = json.loads((out / "config.json").read_text())
+    model = create_model(config["architecture"], **{k: config["model_config"][k] for k in ("num_classes", "dtype")})
+    model.load_weights(out / "model.weights.h5")
+    np.testing.assert_array_equal(_outputs(model), _outputs(convert(sd)))
