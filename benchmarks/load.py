@@ -129,9 +129,9 @@ def measure(name, hub, workdir, backends, runs):
     timm_download = run_child(TIMM, entry["name"], base_env)  # fills huggingface_hub's cache
     first = first_loads(name, envs, runs)  # converts from that cache into ours
     timed = {side: [] for side in ("timm", *backends)}
-    for _ in range(runs):  # alternate, so drift hits every side
+    for run in range(runs):  # alternate, so drift hits every side
         timed["timm"].append(run_child(TIMM, entry["name"], base_env))
-        for b in backends:
+        for b in rotated(backends, run):
             timed[b].append(run_child(OURS, name, envs[b]))
     medians = {side: median_run(r) for side, r in timed.items()}
     timm = medians["timm"]
@@ -154,13 +154,21 @@ def measure(name, hub, workdir, backends, runs):
     return row
 
 
+def rotated(sides, run):
+    """`sides` starting at a different one each run: on this VM the process after one that freed gigabytes
+    (timm's) pays for faulting fresh memory back in, so no side should always come first."""
+    start = run % len(sides)
+    return [*sides[start:], *sides[:start]]
+
+
 def first_loads(name, envs, runs):
     """Per backend, medians of `runs` first loads (backends alternating), each converting into an emptied
     cache; JAX's compilation cache is kept after the first, so `forward` is the first run's (compiled
     from nothing)."""
     loads = {backend: [] for backend in envs}
-    for _ in range(runs):
-        for backend, env in envs.items():
+    for run in range(runs):
+        for backend in rotated(list(envs), run):
+            env = envs[backend]
             for path in Path(env["CONVNEXT_HUB_CACHE"]).glob("*"):
                 if path.name != "jax":
                     shutil.rmtree(path)
