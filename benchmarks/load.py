@@ -15,7 +15,9 @@ side, for each Keras backend (each with its own convnext_hub cache):
   compilation cache); the cached runs find it in the cache.
 
 Figures are medians of `--runs`; `results/load.json` and `results/load.png`
-hold them.
+hold them (`--results` names others). `--ours-python` runs our sides in another
+interpreter, e.g. of an install with TensorFlow but not JAX or matplotlib, which
+TensorFlow and Keras import whenever they are installed.
 
     python benchmarks/load.py --quick                                   # convnext_tiny, one run
     python benchmarks/load.py --models convnext_tiny convnextv2_huge    # the 2.6 GB one too (minutes)
@@ -86,11 +88,11 @@ with torch.no_grad():
 """
 
 
-def run_child(code, name, env):
+def run_child(code, name, env, python=sys.executable):
     """A fresh interpreter running `code`: seconds from spawn to each phase, and its memory figures."""
     os.sync()  # the disk has written back earlier children's files, which would otherwise slow this one's writes
     start = time.time()
-    out = subprocess.run([sys.executable, "-c", code, name], env=env, capture_output=True, text=True)
+    out = subprocess.run([python, "-c", code, name], env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"child for {name} failed:\n{out.stderr[-3000:]}")
@@ -114,7 +116,7 @@ def median_run(runs):
             for k in runs[0]}
 
 
-def measure(name, hub, workdir, backends, runs):
+def measure(name, hub, workdir, backends, runs, python):
     """Every figure of one checkpoint: timm's, then each backend's, side by side."""
     import checkpoints
 
@@ -127,12 +129,12 @@ def measure(name, hub, workdir, backends, runs):
     envs = {b: {**base_env, "KERAS_BACKEND": b, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub" / b)}
             for b in backends}
     timm_download = run_child(TIMM, entry["name"], base_env)  # fills huggingface_hub's cache
-    first = first_loads(name, envs, runs)  # converts from that cache into ours
+    first = first_loads(name, envs, runs, python)  # converts from that cache into ours
     timed = {side: [] for side in ("timm", *backends)}
     for run in range(runs):  # alternate, so drift hits every side
         timed["timm"].append(run_child(TIMM, entry["name"], base_env))
         for b in rotated(backends, run):
-            timed[b].append(run_child(OURS, name, envs[b]))
+            timed[b].append(run_child(OURS, name, envs[b], python))
     medians = {side: median_run(r) for side, r in timed.items()}
     timm = medians["timm"]
     row = {"name": entry["name"], "checkpoint_mb": size_mb, "timm": timm, "timm_download": timm_download,
@@ -161,7 +163,7 @@ def rotated(sides, run):
     return [*sides[start:], *sides[:start]]
 
 
-def first_loads(name, envs, runs):
+def first_loads(name, envs, runs, python):
     """Per backend, medians of `runs` first loads (backends alternating), each converting into an emptied
     cache; JAX's compilation cache is kept after the first, so `forward` is the first run's (compiled
     from nothing)."""
@@ -172,7 +174,7 @@ def first_loads(name, envs, runs):
             for path in Path(env["CONVNEXT_HUB_CACHE"]).glob("*"):
                 if path.name != "jax":
                     shutil.rmtree(path)
-            loads[backend].append(run_child(OURS, name, env))
+            loads[backend].append(run_child(OURS, name, env, python))
     return {backend: {**median_run(runs_), "forward": runs_[0]["forward"]} for backend, runs_ in loads.items()}
 
 
@@ -201,6 +203,9 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--quick", action="store_true", help="convnext_tiny, one run: checks the benchmark works")
     parser.add_argument("--workdir", help="where the fake Hub and the caches live (default: a temp dir)")
+    parser.add_argument("--ours-python", default=sys.executable,
+                        help="interpreter of our sides, e.g. one of an install with only TensorFlow (default: this one)")
+    parser.add_argument("--results", default="load", help="name of the results' .json and .png")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.runs = ["convnext_tiny"], 1
@@ -214,19 +219,19 @@ def main(argv=None):
     try:
         with LocalHub(workdir / "hub_store") as hub:
             configure_hub_env(mp, hub.endpoint, workdir / "hf_home" / "hub")
-            rows = [measure(name, hub, workdir, args.backends, args.runs) for name in args.models]
+            rows = [measure(name, hub, workdir, args.backends, args.runs, args.ours_python) for name in args.models]
     finally:
         mp.undo()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     print_rows(rows, args.runs)
-    payload = {"runs": args.runs, "quick": args.quick, "rows": rows}
-    print(f"wrote {report.write_json('load', payload)}")
+    payload = {"runs": args.runs, "quick": args.quick, "ours_python": args.ours_python, "rows": rows}
+    print(f"wrote {report.write_json(args.results, payload)}")
     groups = {f"{row['name'].split('.')[0]}\n{what}": {b: v["ratios"][key] for b, v in row["backends"].items()}
               for row in rows for what, key in (("cached load+forward", "cached_load_forward"),
                                                  ("whole process", "total"), ("first load", "first_load"),
                                                  ("first-load\npeak / file", "first_load_peak_over_checkpoint"))}
-    chart = report.bar_chart("load", "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0)
+    chart = report.bar_chart(args.results, "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0)
     if chart:
         print(f"wrote {chart}")
 
