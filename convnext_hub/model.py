@@ -7,6 +7,7 @@ mapping to timm keys is mechanical (see `converters.mapping`).
 import contextlib
 import contextvars
 import logging
+import sys
 
 import keras
 import numpy as np
@@ -36,8 +37,6 @@ def _tensorflow_left_unimported():
     value can be one while TensorFlow was never imported. Sets Keras' private
     record of whether TensorFlow is available, restored on the way out.
     """
-    import sys
-
     try:
         from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
     except ImportError:
