@@ -157,8 +157,8 @@ def _compiled(exported, args):
 def _description(model):
     """The model's constructor arguments (but its name and metadata) and every layer's class and dtype policy.
 
-    Read from the model's attributes rather than `get_config()`: Keras'
-    serialization imports TensorFlow on first use, seconds on other backends.
+    Read from the model's attributes rather than `get_config()`, which also
+    holds what does not change the program (name, `pretrained_cfg`).
     """
     names = [n for n in inspect.signature(type(model).__init__).parameters if n not in UNRELATED_ARGUMENTS]
     return {

@@ -249,11 +249,13 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_config(self):
-        # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
         with _tensorflow_left_unimported():
-            config = {key: value for key, value in keras.Model.get_config(self).items()
-                      if key in ("name", "trainable")}
-            config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
+            return self._config()
+
+    def _config(self):
+        # keras.Model's part: name, trainable and the dtype policy; then exactly the constructor's arguments.
+        config = {key: value for key, value in keras.Model.get_config(self).items() if key in ("name", "trainable")}
+        config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
         return {
             **config,
             "depths": list(self.depths),

@@ -241,3 +241,24 @@ def test_streaming_on_jax_never_imports_tensorflow(reference, tmp_path):
     model = create_model(config["architecture"], **{k: config["model_config"][k] for k in ("num_classes", "dtype")})
     model.load_weights(out / "model.weights.h5")
     np.testing.assert_array_equal(_outputs(model), _outputs(convert(sd)))
+
+
+def test_get_config_on_jax_leaves_tensorflow_unimported():
+    """Every part of a model's config, its classifier activation included, serializes on JAX without
+    TensorFlow; the config still rebuilds the model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from convnext_hub import create_model\n"
+        "model = create_model('convnext_atto', num_classes=3, classifier_activation='softmax')\n"
+        "config = model.get_config()\n"
+        "again = type(model).from_config(config)\n"
+        "print(config['classifier_activation'], again.num_classes, 'tensorflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "softmax 3 False"
