@@ -16,7 +16,8 @@ from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
 from .mapping import timm_module_path, weight_slots
-from .writers import DATA_ALIGNMENT, write_safetensors
+from .readers import DATA_ALIGNMENT
+from .writers import write_safetensors
 
 logger = logging.getLogger("converters")
 
@@ -100,8 +101,8 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
 
 def _aligned_first(plan):
     """`plan` with the values whose size is a multiple of `DATA_ALIGNMENT` bytes first, in their order:
-    each of those then starts on that boundary in a safetensors file (whose data does), so torch and
-    JAX can keep its mapped pages as they are; the few others (small vectors) follow."""
+    each of those then starts on that boundary in a safetensors file (whose data does), so every
+    backend can keep its mapped pages as they are; the few others (small vectors) follow."""
     def odd_size(step):
         variable = step[0]
         return math.prod(variable.shape) * np.dtype(variable.dtype).itemsize % DATA_ALIGNMENT != 0

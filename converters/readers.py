@@ -223,10 +223,11 @@ def _decode(raw, dtype):
 
 
 MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more than it saves
+DATA_ALIGNMENT = 64  # bytes: where the safetensors files written here start their data and big tensors
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 
 
-def aligned_empty(shape, dtype, alignment=64):
+def aligned_empty(shape, dtype, alignment=DATA_ALIGNMENT):
     """A new uninitialised array whose data starts on an `alignment`-byte boundary (as mapped tensors of
     a cache entry do): JAX and TensorFlow keep such an array as a weight instead of copying it."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize

@@ -10,10 +10,9 @@ import struct
 
 import numpy as np
 
-from .readers import SAFETENSORS_DTYPES
+from .readers import DATA_ALIGNMENT, SAFETENSORS_DTYPES
 
 SAFETENSORS_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # the dtypes Keras weights have
-DATA_ALIGNMENT = 64  # the header is padded so that the data starts on this boundary
 
 
 def write_safetensors(path, specs, values, digest=None):

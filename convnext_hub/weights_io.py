@@ -173,7 +173,7 @@ def fill_shell(model, tensors, source):
 
 def _own_array(tensor):
     """An array the model may keep: a lazy tensor's big values come as a copy-on-write mapping of its
-    file (no copy, no fresh memory: torch and JAX keep the pages as they are), the rest are read."""
+    file (no copy, no fresh memory: every backend keeps the pages as they are), the rest are read."""
     if hasattr(tensor, "read"):
         return tensor.read(mapped=True, writable=True)
     return np.asarray(tensor)

@@ -25,7 +25,7 @@ BACKEND_MODULES = [
     "tests/test_depthwise_formulations.py",
     "tests/test_keras_hub.py",
     "tests/test_export.py",
-    "tests/test_cache_integrity.py",  # torch and JAX keep the entry's mapped pages as their weights; TF copies
+    "tests/test_cache_integrity.py",  # every backend keeps the entry's mapped pages as its weights
     "tests/test_hub.py",  # first and cached loads differ by backend in what a model keeps
 ]
 

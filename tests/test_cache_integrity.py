@@ -75,7 +75,7 @@ def test_entry_is_a_safetensors_file_of_the_models_variables_with_size_and_hash(
 
 
 def test_entry_tensors_of_whole_64_byte_blocks_start_on_64_byte_boundaries(cached):
-    """What lets torch and JAX keep an entry's mapped pages as their weights, without a copy: their data
+    """What lets every backend keep an entry's mapped pages as their weights, without a copy: their data
     starts 64-byte aligned (atto's 40-channel vectors, 160 bytes each, would otherwise shift what follows)."""
     _, entry, _ = cached
     data = (entry / WEIGHTS_FILE).read_bytes()
@@ -101,8 +101,8 @@ def test_training_a_cached_load_leaves_the_entry_as_it_was(cached):
 
 
 def test_a_first_load_equals_timm_and_owns_its_weights(local_hub, checkpoint, tmp_path):  # noqa: F811
-    """The model a conversion hands out (on torch a shell filled with a copy-on-write mapping of the new
-    entry, elsewhere the values the conversion made) equals timm's; training it never changes the entry."""
+    """The model a conversion hands out (its shell, filled with a copy-on-write mapping of the new entry)
+    equals timm's; training it never changes the entry."""
     timm_model, weights = checkpoint("convnext_atto")
     upload_timm_checkpoint(local_hub, ATTO, weights)
     root = tmp_path / "cache"
