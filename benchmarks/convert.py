@@ -14,6 +14,7 @@ and `results/convert.png` hold the figures.
     python benchmarks/convert.py --quick           # convnext_tiny, one repeat
     python benchmarks/convert.py [--arch convnextv2_huge] [--dir /tmp/convnext_bench] [--backends jax]
 """
+
 import argparse
 import json
 import os
@@ -63,7 +64,7 @@ def run(mode, arch, path, out, backend):
     if proc.returncode or not lines:
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
-    return {"seconds": seconds, **json.loads(lines[-1][len("RESULT "):])}
+    return {"seconds": seconds, **json.loads(lines[-1][len("RESULT ") :])}
 
 
 def main(argv=None):
@@ -92,19 +93,36 @@ def main(argv=None):
             runs[label].append(run(mode, args.arch, path, out, backend))
     best = {label: min(rs, key=lambda r: r["seconds"]) for label, rs in runs.items()}
     timm = best["timm"]["seconds"]
-    print(f"{args.arch}: checkpoint {size / 1e9:.2f} GB; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; best of {args.repeats}, spawn to exit")
+    print(
+        f"{args.arch}: checkpoint {size / 1e9:.2f} GB; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; best of {args.repeats}, spawn to exit"
+    )
     for label, r in best.items():
         used = f" (ran on {r['backend']})" if r.get("backend") and label != "timm" else ""
-        print(f"  {label:<28} {r['seconds']:6.1f} s  ({r['seconds'] / timm:.2f}x timm)"
-              f"   peak RSS {r['peak_rss'] / 1e9:5.2f} GB = {r['peak_rss'] / size:.2f}x file{used}")
-    payload = {"arch": args.arch, "checkpoint_bytes": size, "repeats": args.repeats, "quick": args.quick,
-               "best": best, "runs": runs, "ratios": {label: r["seconds"] / timm for label, r in best.items()}}
+        print(
+            f"  {label:<28} {r['seconds']:6.1f} s  ({r['seconds'] / timm:.2f}x timm)"
+            f"   peak RSS {r['peak_rss'] / 1e9:5.2f} GB = {r['peak_rss'] / size:.2f}x file{used}"
+        )
+    payload = {
+        "arch": args.arch,
+        "checkpoint_bytes": size,
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "best": best,
+        "runs": runs,
+        "ratios": {label: r["seconds"] / timm for label, r in best.items()},
+    }
     print(f"wrote {report.write_json('convert', payload)}")
     chart = report.bar_chart(
-        "convert", f"{args.arch}: conversion CLI / timm create+load (lower is better; dashed: parity)",
-        {label.replace(", ", "\n"): {"time": r["seconds"] / timm, "peak RSS / file": r["peak_rss"] / size}
-         for label, r in best.items()}, "ratio", 1.0)
+        "convert",
+        f"{args.arch}: conversion CLI / timm create+load (lower is better; dashed: parity)",
+        {
+            label.replace(", ", "\n"): {"time": r["seconds"] / timm, "peak RSS / file": r["peak_rss"] / size}
+            for label, r in best.items()
+        },
+        "ratio",
+        1.0,
+    )
     if chart:
         print(f"wrote {chart}")
 

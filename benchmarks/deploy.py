@@ -13,6 +13,7 @@ artifact's logits are also checked against timm's on the timed batch.
 
 Writes `benchmarks/results/deploy.json` and `deploy.png` (ratios to timm eager).
 """
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -24,8 +25,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402  torch and timm before TensorFlow: the other order crashes some Linux machines
 import timm  # noqa: E402,F401
+import torch  # noqa: E402  torch and timm before TensorFlow: the other order crashes some Linux machines
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import report  # noqa: E402
@@ -37,8 +38,15 @@ BASELINE = "timm eager"
 def _timm_onnx(reference, path, size):
     """timm's own ONNX export: `torch.onnx.export` with a dynamic batch, as timm's users make it."""
     example = torch.zeros(1, 3, size, size)
-    torch.onnx.export(reference, (example,), path, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        reference,
+        (example,),
+        path,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}},
+        dynamo=False,
+    )
     return path
 
 
@@ -66,11 +74,13 @@ def _runners(arch, size, folder):
     state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
     model = convert(state, arch=arch)
     paths = export.export(model, folder / "float32", OUR_FORMATS, image_size=(size, size))
-    paths["litert_int8"] = export.export(model, folder / "float32", ["litert_int8"],
-                                         image_size=(size, size))["litert_int8"]
+    paths["litert_int8"] = export.export(model, folder / "float32", ["litert_int8"], image_size=(size, size))[
+        "litert_int8"
+    ]
     model.quantize("int8")
-    paths["saved_model_int8"] = export.export(model, folder / "int8", ["saved_model"],
-                                              image_size=(size, size))["saved_model"]
+    paths["saved_model_int8"] = export.export(model, folder / "int8", ["saved_model"], image_size=(size, size))[
+        "saved_model"
+    ]
 
     def nchw(x):
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -88,8 +98,10 @@ def _runners(arch, size, folder):
     if timm_ov is not None:
         runners["timm openvino"] = lambda x: timm_ov(nchw(x).numpy())[0]
     for name, fmt, path in [
-        ("ours onnxruntime", "onnx", paths["onnx"]), ("ours openvino", "openvino", paths["openvino"]),
-        ("ours litert", "litert", paths["litert"]), ("ours saved_model", "saved_model", paths["saved_model"]),
+        ("ours onnxruntime", "onnx", paths["onnx"]),
+        ("ours openvino", "openvino", paths["openvino"]),
+        ("ours litert", "litert", paths["litert"]),
+        ("ours saved_model", "saved_model", paths["saved_model"]),
         ("ours saved_model int8", "saved_model", paths["saved_model_int8"]),
         ("ours litert int8", "litert", paths["litert_int8"]),
     ]:
@@ -156,18 +168,28 @@ def measure(arch, size, batches, rounds):
         for batch in batches:
             x = np.random.RandomState(batch).rand(batch, size, size, 3).astype("float32")
             expected = runners[BASELINE](x)
-            errors = {n: float(np.abs(np.asarray(r(x)) - expected).max() / np.abs(expected).max())
-                      for n, r in runners.items()}
+            errors = {
+                n: float(np.abs(np.asarray(r(x)) - expected).max() / np.abs(expected).max()) for n, r in runners.items()
+            }
             seconds = _time(runners, x, rounds)
             for name, s in seconds.items():
-                rows.append({
-                    "model": arch, "size": size, "batch": batch, "runtime": name, "images_per_s": batch / s,
-                    "vs_timm_eager": seconds[BASELINE] / s, "vs_timm_onnxruntime": seconds["timm onnxruntime"] / s,
-                    "max_rel_diff_vs_timm": errors[name],
-                })
-                print(f"  {arch} b{batch} {name:<24} {batch / s:8.1f} img/s  {seconds[BASELINE] / s:5.2f}x timm "
-                      f"eager  {seconds['timm onnxruntime'] / s:5.2f}x timm ORT  max|d| {errors[name]:.1e}",
-                      flush=True)
+                rows.append(
+                    {
+                        "model": arch,
+                        "size": size,
+                        "batch": batch,
+                        "runtime": name,
+                        "images_per_s": batch / s,
+                        "vs_timm_eager": seconds[BASELINE] / s,
+                        "vs_timm_onnxruntime": seconds["timm onnxruntime"] / s,
+                        "max_rel_diff_vs_timm": errors[name],
+                    }
+                )
+                print(
+                    f"  {arch} b{batch} {name:<24} {batch / s:8.1f} img/s  {seconds[BASELINE] / s:5.2f}x timm "
+                    f"eager  {seconds['timm onnxruntime'] / s:5.2f}x timm ORT  max|d| {errors[name]:.1e}",
+                    flush=True,
+                )
     return rows
 
 

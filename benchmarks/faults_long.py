@@ -20,6 +20,7 @@ What runs (a random-weight convnext_zepto_rms served by the fake Hub of tests/hu
 Prints the counts (faults injected, runs survived, invalid entries found, where the kills landed)
 and exits 1 when anything was found invalid or failed.
 """
+
 import argparse
 import json
 import os
@@ -36,15 +37,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load-kills", type=int, default=100, help="random-time kills of load_pretrained")
-    parser.add_argument("--no-every-step", action="store_true",
-                        help="skip the kills right after each filesystem change of a load")
+    parser.add_argument(
+        "--no-every-step", action="store_true", help="skip the kills right after each filesystem change of a load"
+    )
     parser.add_argument("--cli-kills", type=int, default=50, help="random-time kills of the converter CLI")
-    parser.add_argument("--concurrent-rounds", type=int, default=3,
-                        help="rounds of 4 concurrent loads, with and without file locks")
+    parser.add_argument(
+        "--concurrent-rounds", type=int, default=3, help="rounds of 4 concurrent loads, with and without file locks"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ahead", type=int, default=2, help="children importing while one runs")
-    parser.add_argument("--recalibrate-every", type=int, default=10,
-                        help="measure a whole run again every N kills (the kill delays follow the machine's load)")
+    parser.add_argument(
+        "--recalibrate-every",
+        type=int,
+        default=10,
+        help="measure a whole run again every N kills (the kill delays follow the machine's load)",
+    )
     parser.add_argument("--json", help="also write the counts to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     args = parser.parse_args(argv)
@@ -52,9 +59,9 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO_ROOT))
-    import torch  # noqa: F401  torch and timm before keras / tensorflow, as tests/conftest.py does
-    import timm  # noqa: F401
     import pytest
+    import timm  # noqa: F401
+    import torch  # noqa: F401  torch and timm before keras / tensorflow, as tests/conftest.py does
 
     from tests import faults
     from tests.hub_server import LocalHub, configure_hub_env
@@ -76,11 +83,26 @@ def main(argv=None):
 
             every_step = (lambda events: []) if args.no_every_step else (lambda events: range(1, len(events) + 1))
             sections = [
-                lambda: faults.sigkill_load_loop(reference, hf_cache, work / "load", args.load_kills, args.seed,
-                                                 pick_events=every_step, ahead=args.ahead,
-                                                 recalibrate_every=args.recalibrate_every, log=log),
-                lambda: faults.sigkill_cli_loop(reference, work / "cli", args.cli_kills, args.seed, ahead=args.ahead,
-                                                recalibrate_every=args.recalibrate_every, log=log),
+                lambda: faults.sigkill_load_loop(
+                    reference,
+                    hf_cache,
+                    work / "load",
+                    args.load_kills,
+                    args.seed,
+                    pick_events=every_step,
+                    ahead=args.ahead,
+                    recalibrate_every=args.recalibrate_every,
+                    log=log,
+                ),
+                lambda: faults.sigkill_cli_loop(
+                    reference,
+                    work / "cli",
+                    args.cli_kills,
+                    args.seed,
+                    ahead=args.ahead,
+                    recalibrate_every=args.recalibrate_every,
+                    log=log,
+                ),
                 lambda: replace_in_place(faults, reference, work / "cli_replace"),
             ]
             for section in sections:
@@ -93,8 +115,9 @@ def main(argv=None):
 
             for i in range(args.concurrent_rounds):
                 for no_locks in (False, True):
-                    found = faults.concurrent_loads(reference, hub, hf_cache, work / f"concurrent{i}-{no_locks}",
-                                                    count=4, no_locks=no_locks)
+                    found = faults.concurrent_loads(
+                        reference, hub, hf_cache, work / f"concurrent{i}-{no_locks}", count=4, no_locks=no_locks
+                    )
                     concurrent.runs += 4
                     concurrent.states["no locks" if no_locks else "file locks"] += 1
                     concurrent.failures += [f"round {i} (no_locks={no_locks}): {p}" for p in found]
@@ -114,18 +137,31 @@ def main(argv=None):
     print("\n==== fault injection")
     for stats in results + [concurrent]:
         print(" ", stats.summary())
-    print(f"\nfaults injected (SIGKILLs): {killed}; runs survived: {survived} of {killed}; "
-          f"concurrent processes: {concurrent.runs}, correct: {concurrent.survived}; "
-          f"invalid entries / outputs found: {invalid}; failures: {len(problems)}; "
-          f"{time.monotonic() - started:.0f} s" + (f"; work folder {work}" if args.keep else ""))
+    print(
+        f"\nfaults injected (SIGKILLs): {killed}; runs survived: {survived} of {killed}; "
+        f"concurrent processes: {concurrent.runs}, correct: {concurrent.survived}; "
+        f"invalid entries / outputs found: {invalid}; failures: {len(problems)}; "
+        f"{time.monotonic() - started:.0f} s" + (f"; work folder {work}" if args.keep else "")
+    )
     for problem in problems:
         print("FAILED:", problem[:3000])
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "faults_injected": killed, "survived": survived, "invalid_found": invalid, "failures": problems,
-            "concurrent_processes": concurrent.runs, "concurrent_correct": concurrent.survived,
-            "loops": [s.as_dict() for s in results + [concurrent]], "seed": args.seed,
-        }, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "faults_injected": killed,
+                    "survived": survived,
+                    "invalid_found": invalid,
+                    "failures": problems,
+                    "concurrent_processes": concurrent.runs,
+                    "concurrent_correct": concurrent.survived,
+                    "loops": [s.as_dict() for s in results + [concurrent]],
+                    "seed": args.seed,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 1 if problems or invalid else 0
 
 

@@ -14,6 +14,7 @@ to a minimal example. The exit status is 1 when anything undocumented happened.
 The same long run through pytest (no counts): CONVNEXT_FUZZ_EXAMPLES=5000
 python -m pytest tests/test_fuzz.py -q.
 """
+
 import argparse
 import collections
 import json
@@ -28,12 +29,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=5000,
-                        help="examples per property (the slow convert property runs a share of them)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=5000,
+        help="examples per property (the slow convert property runs a share of them)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed (property i uses seed + i)")
     parser.add_argument("--only", default="", help="run only the properties whose test name contains this")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail each property at its first undocumented exception (and shrink it)")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail each property at its first undocumented exception (and shrink it)"
+    )
     parser.add_argument("--json", help="also write the counts to this JSON file")
     args = parser.parse_args(argv)
 
@@ -44,14 +50,17 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols, sparse tensors, ...
 
-    import torch  # noqa: F401  torch and timm before keras / tensorflow, as tests/conftest.py does
-    import timm  # noqa: F401
     import hypothesis
+    import timm  # noqa: F401
+    import torch  # noqa: F401  torch and timm before keras / tensorflow, as tests/conftest.py does
 
     from tests import test_fuzz
 
-    tests = [(name, fn) for name, fn in vars(test_fuzz).items()
-             if name.startswith("test_") and getattr(fn, "is_hypothesis_test", False) and args.only in name]
+    tests = [
+        (name, fn)
+        for name, fn in vars(test_fuzz).items()
+        if name.startswith("test_") and getattr(fn, "is_hypothesis_test", False) and args.only in name
+    ]
     failures = {}
     timings = {}
     start = time.perf_counter()
@@ -79,10 +88,12 @@ def main(argv=None):
     n = sum(totals.values())
     documented = {k: v for k, v in totals.items() if k != "accepted" and not _undocumented(k)}
     undocumented = {k: v for k, v in totals.items() if _undocumented(k)}
-    print(f"\n{n} hostile inputs tried in {total_time:.0f} s: {totals['accepted']} accepted, "
-          f"{sum(documented.values())} refused with documented errors "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(documented.items(), key=lambda kv: -kv[1]))}), "
-          f"{sum(undocumented.values())} undocumented outcomes.")
+    print(
+        f"\n{n} hostile inputs tried in {total_time:.0f} s: {totals['accepted']} accepted, "
+        f"{sum(documented.values())} refused with documented errors "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(documented.items(), key=lambda kv: -kv[1]))}), "
+        f"{sum(undocumented.values())} undocumented outcomes."
+    )
     if undocumented:
         print("\nUNDOCUMENTED:", ", ".join(f"{k} {v}" for k, v in sorted(undocumented.items())))
         for (prop, outcome), text in sorted(test_fuzz.FIRST_FAILURES.items()):
@@ -91,16 +102,29 @@ def main(argv=None):
         print(f"\n--- {name} FAILED ---\n{text.rstrip()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"examples_per_property": args.examples, "seed": args.seed, "seconds": round(total_time, 1),
-                       "inputs": n, "totals": dict(totals), "per_property": {k: dict(v) for k, v in outcomes.items()},
-                       "timings": {k: round(v, 1) for k, v in timings.items()}, "failed": sorted(failures)},
-                      f, indent=2)
+            json.dump(
+                {
+                    "examples_per_property": args.examples,
+                    "seed": args.seed,
+                    "seconds": round(total_time, 1),
+                    "inputs": n,
+                    "totals": dict(totals),
+                    "per_property": {k: dict(v) for k, v in outcomes.items()},
+                    "timings": {k: round(v, 1) for k, v in timings.items()},
+                    "failed": sorted(failures),
+                },
+                f,
+                indent=2,
+            )
     return 1 if undocumented or failures else 0
 
 
 def _undocumented(outcome):
-    return outcome.startswith("UNDOCUMENTED") or outcome in ("amplified tensor", "CODE EXECUTED",
-                                                             "message without the file")
+    return outcome.startswith("UNDOCUMENTED") or outcome in (
+        "amplified tensor",
+        "CODE EXECUTED",
+        "message without the file",
+    )
 
 
 if __name__ == "__main__":

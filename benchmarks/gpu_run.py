@@ -28,6 +28,7 @@ On this CPU, the same steps at tiny sizes, to check the script before a GPU run:
 
     python benchmarks/gpu_run.py --smoke --out /tmp/gpu_smoke
 """
+
 import argparse
 import json
 import subprocess
@@ -47,8 +48,15 @@ WHEELS = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0")
 # Stage 0 has 96 channels in the tiny models and 128 in base: ":128" confines a formulation to it.
 FORMULATIONS = ("xla", "pad:128", "nchw:128", "shifted:128")
 MIN_STEP_SECONDS = 45
-STEPS = ("inference_ab", "inference_v2", "train_jax_tiny", "train_jax_base", "max_batch_jax", "max_batch_torch",
-         "train_torch")
+STEPS = (
+    "inference_ab",
+    "inference_v2",
+    "train_jax_tiny",
+    "train_jax_base",
+    "max_batch_jax",
+    "max_batch_torch",
+    "train_torch",
+)
 
 GPU = dict(
     inference=["--batch", "256", "--size", "224", "--warmup", "2", "--rounds", "2", "--seconds", "0.5"],
@@ -57,20 +65,47 @@ GPU = dict(
     train_models=("convnext_tiny", "convnextv2_base"),
     huge="convnextv2_huge",
     max_batch=["--size", "224", "--search-start", "16", "--search-limit", "4096"],
-    caps=dict(inference_ab=150, inference_v2=130, train_jax_tiny=150, train_jax_base=130, max_batch_jax=150,
-              max_batch_torch=100, train_torch=100),
+    caps=dict(
+        inference_ab=150,
+        inference_v2=130,
+        train_jax_tiny=150,
+        train_jax_base=130,
+        max_batch_jax=150,
+        max_batch_torch=100,
+        train_torch=100,
+    ),
     budget=540,
 )
 SMOKE = dict(
     inference=["--smoke", "--batch", "2", "--size", "64", "--warmup", "1", "--rounds", "1", "--seconds", "0.05"],
     inference_models=(["convnext_atto"], ["convnextv2_atto"]),
-    train=["--smoke", "--batch", "4", "--size", "64", "--fit-steps", "2", "--warmup", "1", "--rounds", "1",
-           "--seconds", "0.05"],
+    train=[
+        "--smoke",
+        "--batch",
+        "4",
+        "--size",
+        "64",
+        "--fit-steps",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.05",
+    ],
     train_models=("convnext_atto", "convnextv2_atto"),
     huge="convnextv2_atto",
     max_batch=["--smoke", "--size", "32", "--search-start", "2", "--search-limit", "4"],
-    caps=dict(inference_ab=600, inference_v2=600, train_jax_tiny=600, train_jax_base=600, max_batch_jax=300,
-              max_batch_torch=300, train_torch=600),
+    caps=dict(
+        inference_ab=600,
+        inference_v2=600,
+        train_jax_tiny=600,
+        train_jax_base=600,
+        max_batch_jax=300,
+        max_batch_torch=300,
+        train_torch=600,
+    ),
     budget=3600,
 )
 
@@ -126,10 +161,19 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for gpu_run.json")
     parser.add_argument("--smoke", action="store_true", help="the same steps on the CPU at tiny sizes")
     parser.add_argument("--budget", type=float, help="seconds for all steps (default: 540 on GPU)")
-    parser.add_argument("--only", nargs="+", metavar="STEP", choices=STEPS,
-                        help="run these steps alone (a second call finishing a first one's skipped steps)")
-    parser.add_argument("--formulations", nargs="+", metavar="SPEC",
-                        help="the formulations steps 2-3 use when inference_ab does not run (default: xla)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="STEP",
+        choices=STEPS,
+        help="run these steps alone (a second call finishing a first one's skipped steps)",
+    )
+    parser.add_argument(
+        "--formulations",
+        nargs="+",
+        metavar="SPEC",
+        help="the formulations steps 2-3 use when inference_ab does not run (default: xla)",
+    )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else GPU
     run = Run(args.out, args.budget or plan["budget"])
@@ -140,17 +184,57 @@ def main(argv=None):
         return run.step(name, caps[name], function) if name in wanted else None
 
     def infer(models, formulations):
-        return lambda s, path: inference.main([*common, *plan["inference"], "--models", *models,
-                                               "--depthwise", *formulations, "--timeout", str(s), "--json", str(path)])
+        return lambda s, path: inference.main(
+            [
+                *common,
+                *plan["inference"],
+                "--models",
+                *models,
+                "--depthwise",
+                *formulations,
+                "--timeout",
+                str(s),
+                "--json",
+                str(path),
+            ]
+        )
 
     def train_jax(model, formulations):
-        return lambda s, path: train.main(["--gpu", *plan["train"], "--backends", "jax", "--models", model,
-                                           "--depthwise", *formulations, "--timeout", str(s), "--json", str(path)])
+        return lambda s, path: train.main(
+            [
+                "--gpu",
+                *plan["train"],
+                "--backends",
+                "jax",
+                "--models",
+                model,
+                "--depthwise",
+                *formulations,
+                "--timeout",
+                str(s),
+                "--json",
+                str(path),
+            ]
+        )
 
     def max_batch(backend, extra):
         return lambda s, path: train.main(
-            ["--gpu", *plan["max_batch"], *extra, "--backends", backend, "--max-batch", plan["huge"],
-             "--search-seconds", str(max(s - 40, 10)), "--timeout", str(s), "--json", str(path)])
+            [
+                "--gpu",
+                *plan["max_batch"],
+                *extra,
+                "--backends",
+                backend,
+                "--max-batch",
+                plan["huge"],
+                "--search-seconds",
+                str(max(s - 40, 10)),
+                "--timeout",
+                str(s),
+                "--json",
+                str(path),
+            ]
+        )
 
     ab = step("inference_ab", infer(plan["inference_models"][0], FORMULATIONS))
     best = fastest_formulation(ab) if ab else (args.formulations or ["xla"])[0]
@@ -162,9 +246,24 @@ def main(argv=None):
     step("train_jax_base", train_jax(base, chosen[:1]))  # the fastest alone: its compile is the cost
     step("max_batch_jax", max_batch("jax", []))
     step("max_batch_torch", max_batch("torch", ["--dynamic"]))
-    step("train_torch", lambda s, path: train.main(
-        ["--gpu", *plan["train"], "--backends", "torch", "--models", tiny, base,
-         "--timeout", str(s / 2), "--json", str(path)]))
+    step(
+        "train_torch",
+        lambda s, path: train.main(
+            [
+                "--gpu",
+                *plan["train"],
+                "--backends",
+                "torch",
+                "--models",
+                tiny,
+                base,
+                "--timeout",
+                str(s / 2),
+                "--json",
+                str(path),
+            ]
+        ),
+    )
 
     write_json(run.out / "gpu_run.json", run.results)
     print(summary(run.results))
@@ -186,12 +285,16 @@ def summary(results):
             elif "keras_img_s" in r:
                 check = r["check"] or {}
                 err = check.get("keras_low_vs_timm_fp32", {}).get(r["depthwise"])
-                lines.append(f"{name}: {r['model']} dw={r['depthwise']}: keras {r['keras_img_s']:.0f} img/s, timm"
-                             f" {r['timm_img_s']:.0f}, x{r['ratio']}, check {'PASS' if check.get('passed') else 'FAIL'}"
-                             f" ({err if err is None else f'{err:.1e}'})")
+                lines.append(
+                    f"{name}: {r['model']} dw={r['depthwise']}: keras {r['keras_img_s']:.0f} img/s, timm"
+                    f" {r['timm_img_s']:.0f}, x{r['ratio']}, check {'PASS' if check.get('passed') else 'FAIL'}"
+                    f" ({err if err is None else f'{err:.1e}'})"
+                )
             elif "largest_fitting" in r:
-                lines.append(f"{name}: {r['model']} {r['side']}: max batch {r['largest_fitting']}"
-                             f" (fails at {r['smallest_failing']}, converged {r['converged']})")
+                lines.append(
+                    f"{name}: {r['model']} {r['side']}: max batch {r['largest_fitting']}"
+                    f" (fails at {r['smallest_failing']}, converged {r['converged']})"
+                )
             else:
                 lines.append(f"{name}: " + train._summary([r]).replace("\n", f"\n{name}: "))
     lines.append(f"chosen formulations: {results.get('chosen_formulations')}")

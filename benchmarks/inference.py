@@ -20,6 +20,7 @@ bound: the machine's best fp32 matrix product (measured here, `matmul_bound_gflo
 sets the least time the model's Dense and Conv2D products can take. Without `--json`
 a CPU run writes `results/inference.json` and `inference.png`.
 """
+
 import argparse
 import contextlib
 import datetime
@@ -87,8 +88,12 @@ def matmul_bound_gflops(seconds=1.0):
 
 def environment():
     """Versions, device and date, for a benchmark's JSON (libraries are read only if already imported)."""
-    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count())
+    info = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+    )
     for name in ("keras", "jax", "torch", "timm", "tensorflow"):
         if name in sys.modules:
             info[name] = getattr(sys.modules[name], "__version__", "?")
@@ -114,21 +119,27 @@ def run_child(script, backend, argv, timeout=None, env_extra=None):
     Keras fixes its backend at import, so each backend runs in its own process.
     `env_extra` adds environment variables.
     """
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_PYTHON_CLIENT_PREALLOCATE="false", **(env_extra or {}))  # JAX shares the GPU with timm
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        **(env_extra or {}),
+    )  # JAX shares the GPU with timm
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, str(script), "--child", *argv]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         stdout, stderr, error = out.stdout, out.stderr, f"exit {out.returncode}" if out.returncode else None
     except subprocess.TimeoutExpired as expired:  # its output may come as bytes
-        stdout, stderr = (s.decode(errors="replace") if isinstance(s, bytes) else s or ""
-                          for s in (expired.stdout, expired.stderr))
+        stdout, stderr = (
+            s.decode(errors="replace") if isinstance(s, bytes) else s or "" for s in (expired.stdout, expired.stderr)
+        )
         error = f"timed out after {timeout:.0f} s"
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         return {"error": error or "no RESULT line", "stderr": stderr[-3000:]}
-    data = json.loads(lines[-1][len("RESULT "):])
+    data = json.loads(lines[-1][len("RESULT ") :])
     if error:  # children print what they have measured so far: a late failure keeps it
         data["partial"] = dict(error=error, stderr=stderr[-3000:])
     return data
@@ -245,12 +256,18 @@ def _check(run_timm, keras_runs, ref32, model32, x, xt, args):
     timm_low = run_timm().float().cpu().numpy()
     timm_own = relative_error(timm_low, timm32)
     bar = max(LOW_PRECISION_TOLERANCE, 2 * timm_own)
-    check = dict(keras_fp32_vs_timm_fp32=relative_error(keras32, timm32), timm_low_vs_timm_fp32=timm_own,
-                 timm_low_vs_keras_fp32=relative_error(timm_low, keras32), bar=bar, keras_low_vs_timm_fp32={})
+    check = dict(
+        keras_fp32_vs_timm_fp32=relative_error(keras32, timm32),
+        timm_low_vs_timm_fp32=timm_own,
+        timm_low_vs_keras_fp32=relative_error(timm_low, keras32),
+        bar=bar,
+        keras_low_vs_timm_fp32={},
+    )
     for formulation, run in keras_runs.items():
         check["keras_low_vs_timm_fp32"][formulation or "auto"] = relative_error(np.asarray(run(), np.float32), timm32)
     check["passed"] = bool(
-        check["keras_fp32_vs_timm_fp32"] <= FLOAT32_TOLERANCE and check["timm_low_vs_keras_fp32"] <= bar
+        check["keras_fp32_vs_timm_fp32"] <= FLOAT32_TOLERANCE
+        and check["timm_low_vs_keras_fp32"] <= bar
         and all(e <= bar for e in check["keras_low_vs_timm_fp32"].values())
     )
     return check
@@ -258,8 +275,9 @@ def _check(run_timm, keras_runs, ref32, model32, x, xt, args):
 
 def measure(args):
     """Runs in a child process whose KERAS_BACKEND is already set."""
-    import torch  # torch / timm before keras (TensorFlow): see README
     import timm
+    import torch  # torch / timm before keras (TensorFlow): see README
+
     # isort: split
     import keras
     import numpy as np
@@ -305,15 +323,28 @@ def measure(args):
             keras_ips = args.batch / min(keras_s[f])
             fraction = {}
             if bound:  # the fastest possible forward (its matrix products at the bound) / the measured one
-                fraction = dict(matmul_gflop=round(gflop, 2), bound_gflops=round(bound, 1),
-                                keras_fraction_of_bound=round(gflop / bound * keras_ips / args.batch, 3),
-                                timm_fraction_of_bound=round(gflop / bound * timm_ips / args.batch, 3))
-            results.append(dict(
-                model=name, backend=keras.backend.backend(), dtype=args.dtype, batch=args.batch, size=args.size,
-                depthwise=f or "auto", keras_img_s=round(keras_ips, 2), timm_img_s=round(timm_ips, 2),
-                ratio=round(keras_ips / timm_ips, 3),
-                timm_mode="torch.compile" if args.timm_compile else "eager", check=check, **fraction,
-            ))
+                fraction = dict(
+                    matmul_gflop=round(gflop, 2),
+                    bound_gflops=round(bound, 1),
+                    keras_fraction_of_bound=round(gflop / bound * keras_ips / args.batch, 3),
+                    timm_fraction_of_bound=round(gflop / bound * timm_ips / args.batch, 3),
+                )
+            results.append(
+                dict(
+                    model=name,
+                    backend=keras.backend.backend(),
+                    dtype=args.dtype,
+                    batch=args.batch,
+                    size=args.size,
+                    depthwise=f or "auto",
+                    keras_img_s=round(keras_ips, 2),
+                    timm_img_s=round(timm_ips, 2),
+                    ratio=round(keras_ips / timm_ips, 3),
+                    timm_mode="torch.compile" if args.timm_compile else "eager",
+                    check=check,
+                    **fraction,
+                )
+            )
         print("RESULT " + json.dumps(dict(results=results, environment=environment())), flush=True)
 
 
@@ -336,10 +367,17 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
-    parser.add_argument("--depthwise", nargs="+", metavar="SPEC",
-                        help="with --gpu: JAX depthwise formulations to time side by side (NAME or NAME:MAX_CHANNELS)")
-    parser.add_argument("--check", action="store_true",
-                        help="with --gpu: same random weights on both sides; outputs checked against float32")
+    parser.add_argument(
+        "--depthwise",
+        nargs="+",
+        metavar="SPEC",
+        help="with --gpu: JAX depthwise formulations to time side by side (NAME or NAME:MAX_CHANNELS)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --gpu: same random weights on both sides; outputs checked against float32",
+    )
     parser.add_argument("--smoke", action="store_true", help="with --gpu: run its code paths on the CPU")
     parser.add_argument("--json", help="write the results, with versions and device, to this file")
     parser.add_argument("--timeout", type=float, help="seconds allowed to each backend's process")
@@ -362,20 +400,37 @@ def main(argv=None):
         rows += out["results"]
         env_info = out["environment"]
 
-    print(f"{'model':<18}{'backend':<12}{'depthwise':<13}{'dtype':<10}{'batch':>6}"
-          f"{'keras img/s':>13}{'timm img/s':>12}{'ratio':>8}{'bound K/t':>11}  check")
+    print(
+        f"{'model':<18}{'backend':<12}{'depthwise':<13}{'dtype':<10}{'batch':>6}"
+        f"{'keras img/s':>13}{'timm img/s':>12}{'ratio':>8}{'bound K/t':>11}  check"
+    )
     for r in rows:
         check = r["check"]
-        verdict = "-" if check is None else (
-            f"{'PASS' if check['passed'] else 'FAIL'} (max|d| {check['keras_low_vs_timm_fp32'][r['depthwise']]:.1e}"
-            f" x max|timm fp32|; timm's own {check['timm_low_vs_timm_fp32']:.1e})")
-        print(f"{r['model']:<18}{r['backend']:<12}{r['depthwise']:<13}{r['dtype']:<10}{r['batch']:>6}"
-              f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>8}"
-              f"{_bound_column(r):>11}  {verdict}")
+        verdict = (
+            "-"
+            if check is None
+            else (
+                f"{'PASS' if check['passed'] else 'FAIL'} (max|d| {check['keras_low_vs_timm_fp32'][r['depthwise']]:.1e}"
+                f" x max|timm fp32|; timm's own {check['timm_low_vs_timm_fp32']:.1e})"
+            )
+        )
+        print(
+            f"{r['model']:<18}{r['backend']:<12}{r['depthwise']:<13}{r['dtype']:<10}{r['batch']:>6}"
+            f"{r['keras_img_s']:>13}{r['timm_img_s']:>12}{r['ratio']:>8}"
+            f"{_bound_column(r):>11}  {verdict}"
+        )
     print(f"timm mode: {rows[0]['timm_mode'] if rows else '-'}; machine: {os.cpu_count()} CPUs")
     if args.json:
-        write_json(args.json, dict(benchmark="inference", argv=argv if argv is not None else sys.argv[1:],
-                                   results=rows, failures=failures, environment=env_info))
+        write_json(
+            args.json,
+            dict(
+                benchmark="inference",
+                argv=argv if argv is not None else sys.argv[1:],
+                results=rows,
+                failures=failures,
+                environment=env_info,
+            ),
+        )
     if rows and not args.gpu and args.json is None:  # the CPU figures the README shows
         sys.path.insert(0, str(REPO_ROOT))
         from benchmarks import report
@@ -384,9 +439,14 @@ def main(argv=None):
         groups = {}
         for r in rows:
             groups.setdefault(r["model"], {})[r["backend"]] = r["ratio"]
-        report.bar_chart("inference", f"Keras on CPU, images/s / timm eager's ({rows[0]['dtype']}, batch "
-                         f"{rows[0]['batch']}, {rows[0]['size']}x{rows[0]['size']})", groups, "ratio to timm",
-                         reference=1.0)
+        report.bar_chart(
+            "inference",
+            f"Keras on CPU, images/s / timm eager's ({rows[0]['dtype']}, batch "
+            f"{rows[0]['batch']}, {rows[0]['size']}x{rows[0]['size']})",
+            groups,
+            "ratio to timm",
+            reference=1.0,
+        )
     return 0 if rows and not failures else 1
 
 

@@ -8,6 +8,7 @@ and top-1 agreement. Sizes on disk come from the exported files. TensorFlow back
 
     python benchmarks/int8_agreement.py            # writes results/int8.json
 """
+
 import os
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -17,8 +18,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402,F401  torch and timm before TensorFlow: the other order crashes some Linux machines
 import timm  # noqa: E402
+import torch  # noqa: E402,F401  torch and timm before TensorFlow: the other order crashes some Linux machines
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import report  # noqa: E402
@@ -39,8 +40,10 @@ def agreement(int8, float32):
     import numpy as np
 
     int8, float32 = np.asarray(int8, np.float64), np.asarray(float32, np.float64)
-    return {"max_rel_diff": float(np.abs(int8 - float32).max() / np.abs(float32).max()),
-            "top1_agreement": float((int8.argmax(-1) == float32.argmax(-1)).mean())}
+    return {
+        "max_rel_diff": float(np.abs(int8 - float32).max() / np.abs(float32).max()),
+        "top1_agreement": float((int8.argmax(-1) == float32.argmax(-1)).mean()),
+    }
 
 
 def measure(arch, folder):
@@ -54,8 +57,10 @@ def measure(arch, folder):
     reference = randomize_(timm.create_model(arch), 0).eval()
     state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
     model = convert(state, arch=arch)
-    sets = {"random images": np.random.RandomState(0).standard_normal((16, 224, 224, 3)).astype("float32"),
-            "photos": photos(Preprocessor(dict(reference.pretrained_cfg)))}
+    sets = {
+        "random images": np.random.RandomState(0).standard_normal((16, 224, 224, 3)).astype("float32"),
+        "photos": photos(Preprocessor(dict(reference.pretrained_cfg))),
+    }
     float_logits = {name: keras.ops.convert_to_numpy(model(x)) for name, x in sets.items()}
     paths = export.export(model, folder / "float32", ["saved_model", "litert", "litert_int8"], image_size=(224, 224))
     row = {"model": arch, "size_mb": {fmt: export.size_on_disk(p) / 1e6 for fmt, p in paths.items()}}
@@ -63,8 +68,12 @@ def measure(arch, folder):
         (lite,) = export.run_artifact("litert_int8", paths["litert_int8"], x)
         row[f"litert_int8 {name}"] = agreement(lite, float_logits[name])
     model.quantize("int8")
-    row["size_mb"]["saved_model_int8"] = export.size_on_disk(
-        export.export(model, folder / "int8", ["saved_model"], image_size=(224, 224))["saved_model"]) / 1e6
+    row["size_mb"]["saved_model_int8"] = (
+        export.size_on_disk(
+            export.export(model, folder / "int8", ["saved_model"], image_size=(224, 224))["saved_model"]
+        )
+        / 1e6
+    )
     for name, x in sets.items():
         row[f"keras_int8 {name}"] = agreement(keras.ops.convert_to_numpy(model(x)), float_logits[name])
     print(row, flush=True)

@@ -22,6 +22,7 @@ TensorFlow and Keras import whenever they are installed.
     python benchmarks/load.py --quick                                   # convnext_tiny, one run
     python benchmarks/load.py --models convnext_tiny convnextv2_huge    # the 2.6 GB one too (minutes)
 """
+
 import argparse
 import json
 import os
@@ -51,7 +52,8 @@ def status_mb(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 def imports_done():
-    \"\"\"`(time, RSS, peak so far)`; then the peak restarts from the RSS (Linux 4.0+), so that it covers the load.\"\"\"
+    \"\"\"`(time, RSS, peak so far)`; then the peak restarts from the RSS (Linux 4.0+)
+    so that it covers the load.\"\"\"
     done, rss, peak = time.time(), status_mb("VmRSS"), status_mb("VmHWM")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -66,7 +68,9 @@ def report(imported, base, import_peak, loaded, load_peak, logits):
         "torch_imported": "torch" in sys.modules, "tensorflow_imported": "tensorflow" in sys.modules}))
 """
 
-OURS = MEASURE + """
+OURS = (
+    MEASURE
+    + """
 import keras
 import numpy as np
 from convnext_hub.hub import load_pretrained
@@ -76,8 +80,11 @@ loaded, load_peak = time.time(), status_mb("VmHWM")
 report(imported, base, import_peak, loaded, load_peak,
        keras.ops.convert_to_numpy(model(np.zeros((1, 224, 224, 3), np.float32))))
 """
+)
 
-TIMM = MEASURE + """
+TIMM = (
+    MEASURE
+    + """
 import numpy as np
 import torch, timm
 imported, base, import_peak = imports_done()
@@ -86,6 +93,7 @@ loaded, load_peak = time.time(), status_mb("VmHWM")
 with torch.no_grad():
     report(imported, base, import_peak, loaded, load_peak, model(torch.zeros(1, 3, 224, 224)).numpy())
 """
+)
 
 
 def run_child(code, name, env, python=sys.executable):
@@ -96,7 +104,7 @@ def run_child(code, name, env, python=sys.executable):
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"child for {name} failed:\n{out.stderr[-3000:]}")
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = json.loads(lines[-1][len("RESULT ") :])
     assert r["finite"], f"{name}: non-finite logits"
     return {
         "total": r["done"] - start,
@@ -112,8 +120,10 @@ def run_child(code, name, env, python=sys.executable):
 
 def median_run(runs):
     """Medians of the numbers; flags true if any run had them."""
-    return {k: any(r[k] for r in runs) if isinstance(runs[0][k], bool) else statistics.median(r[k] for r in runs)
-            for k in runs[0]}
+    return {
+        k: any(r[k] for r in runs) if isinstance(runs[0][k], bool) else statistics.median(r[k] for r in runs)
+        for k in runs[0]
+    }
 
 
 def measure(name, hub, workdir, backends, runs, python):
@@ -126,8 +136,9 @@ def measure(name, hub, workdir, backends, runs, python):
     hub.add_commit(entry["hf_hub_id"], {"model.safetensors": source, "config.json": "{}"})
     source.unlink()
     base_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    envs = {b: {**base_env, "KERAS_BACKEND": b, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub" / b)}
-            for b in backends}
+    envs = {
+        b: {**base_env, "KERAS_BACKEND": b, "CONVNEXT_HUB_CACHE": str(workdir / "convnext_hub" / b)} for b in backends
+    }
     timm_download = run_child(TIMM, entry["name"], base_env)  # fills huggingface_hub's cache
     first = first_loads(name, envs, runs, python)  # converts from that cache into ours
     timed = {side: [] for side in ("timm", *backends)}
@@ -137,8 +148,13 @@ def measure(name, hub, workdir, backends, runs, python):
             timed[b].append(run_child(OURS, name, envs[b], python))
     medians = {side: median_run(r) for side, r in timed.items()}
     timm = medians["timm"]
-    row = {"name": entry["name"], "checkpoint_mb": size_mb, "timm": timm, "timm_download": timm_download,
-           "backends": {}}
+    row = {
+        "name": entry["name"],
+        "checkpoint_mb": size_mb,
+        "timm": timm,
+        "timm_download": timm_download,
+        "backends": {},
+    }
     for b in backends:
         ours, conv = medians[b], first[b]
         row["backends"][b] = {
@@ -179,21 +195,27 @@ def first_loads(name, envs, runs, python):
 
 
 def print_rows(rows, runs):
-    print(f"\nnew process -> first logits (1x224x224), median of {runs}; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nnew process -> first logits (1x224x224), median of {runs}; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'checkpoint':34} {'side':11} {'total s':>8} {'import':>7} {'load':>7} {'forward':>8} {'peak MB':>8}")
     for row in rows:
         for side, r in [("timm", row["timm"])] + [(b, v["cached"]) for b, v in row["backends"].items()]:
-            print(f"{row['name']:34} {side:11} {r['total']:8.2f} {r['import']:7.2f} {r['load']:7.2f} "
-                  f"{r['forward']:8.2f} {r['peak_rss_mb']:8.0f}")
+            print(
+                f"{row['name']:34} {side:11} {r['total']:8.2f} {r['import']:7.2f} {r['load']:7.2f} "
+                f"{r['forward']:8.2f} {r['peak_rss_mb']:8.0f}"
+            )
         for b, v in row["backends"].items():
             q, first = v["ratios"], v["first_load"]
-            print(f"  {b:10} cached load+forward {q['cached_load_forward']:.2f}x timm, whole process "
-                  f"{q['total']:.2f}x; first load (convert from HF cache) {first['load']:.2f} s = "
-                  f"{q['first_load']:.2f}x timm's create, peak +{first['load_peak_above_base_mb']:.0f} MB = "
-                  f"{q['first_load_peak_over_checkpoint']:.2f}x the {row['checkpoint_mb']:.0f} MB checkpoint; "
-                  f"first forward in that process {first['forward']:.2f} s, later {v['cached']['forward']:.2f} s; "
-                  f"torch imported: {v['cached']['torch_imported']}")
+            print(
+                f"  {b:10} cached load+forward {q['cached_load_forward']:.2f}x timm, whole process "
+                f"{q['total']:.2f}x; first load (convert from HF cache) {first['load']:.2f} s = "
+                f"{q['first_load']:.2f}x timm's create, peak +{first['load_peak_above_base_mb']:.0f} MB = "
+                f"{q['first_load_peak_over_checkpoint']:.2f}x the {row['checkpoint_mb']:.0f} MB checkpoint; "
+                f"first forward in that process {first['forward']:.2f} s, later {v['cached']['forward']:.2f} s; "
+                f"torch imported: {v['cached']['torch_imported']}"
+            )
 
 
 def main(argv=None):
@@ -203,8 +225,11 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--quick", action="store_true", help="convnext_tiny, one run: checks the benchmark works")
     parser.add_argument("--workdir", help="where the fake Hub and the caches live (default: a temp dir)")
-    parser.add_argument("--ours-python", default=sys.executable,
-                        help="interpreter of our sides, e.g. one of an install with only TensorFlow (default: this one)")
+    parser.add_argument(
+        "--ours-python",
+        default=sys.executable,
+        help="interpreter of our sides, e.g. one of an install with only TensorFlow (default: this one)",
+    )
     parser.add_argument("--results", default="load", help="name of the results' .json and .png")
     args = parser.parse_args(argv)
     if args.quick:
@@ -227,11 +252,19 @@ def main(argv=None):
     print_rows(rows, args.runs)
     payload = {"runs": args.runs, "quick": args.quick, "ours_python": args.ours_python, "rows": rows}
     print(f"wrote {report.write_json(args.results, payload)}")
-    groups = {f"{row['name'].split('.')[0]}\n{what}": {b: v["ratios"][key] for b, v in row["backends"].items()}
-              for row in rows for what, key in (("cached load+forward", "cached_load_forward"),
-                                                 ("whole process", "total"), ("first load", "first_load"),
-                                                 ("first-load\npeak / file", "first_load_peak_over_checkpoint"))}
-    chart = report.bar_chart(args.results, "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0)
+    groups = {
+        f"{row['name'].split('.')[0]}\n{what}": {b: v["ratios"][key] for b, v in row["backends"].items()}
+        for row in rows
+        for what, key in (
+            ("cached load+forward", "cached_load_forward"),
+            ("whole process", "total"),
+            ("first load", "first_load"),
+            ("first-load\npeak / file", "first_load_peak_over_checkpoint"),
+        )
+    }
+    chart = report.bar_chart(
+        args.results, "convnext_hub / timm (lower is better; dashed: parity)", groups, "ratio", 1.0
+    )
     if chart:
         print(f"wrote {chart}")
 

@@ -1,4 +1,5 @@
 """Random timm-layout checkpoints for the benchmarks, written one tensor at a time (no Hub access needed)."""
+
 import json
 import math
 import struct

@@ -1,4 +1,5 @@
 """Where the benchmarks put their figures: `benchmarks/results/<name>.json` and a bar chart `<name>.png`."""
+
 import json
 import os
 import platform
@@ -10,8 +11,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine():
     """What the figures were measured on (load average included: a busy machine inflates them)."""
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def write_json(name, payload):

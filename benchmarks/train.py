@@ -27,6 +27,7 @@ small batches predicts the limit, then tries around it narrow it down until
     python benchmarks/train.py --gpu --max-batch convnextv2_huge --backends jax
     python benchmarks/train.py --gpu --smoke --models convnext_atto --batch 4 --size 64   # CPU check
 """
+
 import argparse
 import json
 import sys
@@ -85,7 +86,9 @@ class TimmTrainer:
         groups = param_groups_weight_decay(model, WEIGHT_DECAY)
         self.optimizer = torch.optim.AdamW(groups, lr=PEAK_LR, fused=True)
         # The smoke run checks the code path with dynamo alone (inductor's CPU build is minutes on 2 cores).
-        self.model = torch.compile(model, backend="eager" if args.smoke else "inductor", dynamic=True if args.dynamic else None)
+        self.model = torch.compile(
+            model, backend="eager" if args.smoke else "inductor", dynamic=True if args.dynamic else None
+        )
         self.loss = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
         self.set_batch(batch, args.size)
 
@@ -165,8 +168,13 @@ class KerasDeviceStep:
             return logs
         import jax
 
-        state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                     optimizer_variables=True, metrics_variables=True, purge_model_variables=True)
+        state = model._get_jax_state(
+            trainable_variables=True,
+            non_trainable_variables=True,
+            optimizer_variables=True,
+            metrics_variables=True,
+            purge_model_variables=True,
+        )
         for _ in range(steps):
             logs, state = model.train_function(state, iter([self.data]))
         jax.block_until_ready(state)
@@ -200,16 +208,25 @@ def measure_speed(args):
     Prints a `RESULT` line after each formulation, so a run cut short keeps the
     formulations it finished.
     """
-    import torch  # torch / timm before keras (TensorFlow): see README
     import timm  # noqa: F401
+    import torch  # torch / timm before keras (TensorFlow): see README
+
     # isort: split
     import keras
 
     name, backend, device = args.models[0], keras.backend.backend(), _torch_device(args)
     steps = args.fit_steps
     x_all, y_all = _data(args.batch, args.size, samples=args.batch * steps)
-    result = dict(model=name, backend=backend, batch=args.batch, size=args.size, fit_steps=steps,
-                  precision="keras mixed_bfloat16 / timm autocast bfloat16", keras={}, timm=None)
+    result = dict(
+        model=name,
+        backend=backend,
+        batch=args.batch,
+        size=args.size,
+        fit_steps=steps,
+        precision="keras mixed_bfloat16 / timm autocast bfloat16",
+        keras={},
+        timm=None,
+    )
 
     timm_side, timm_s = None, []
     if backend == "jax" or args.timm_everywhere:
@@ -254,7 +271,8 @@ def measure_speed(args):
         timm_ips = args.batch / min(round_timm_s) if round_timm_s else None
         fit_ips, step_ips = args.batch / min(fit_s), args.batch / min(step_s)
         entry.update(
-            fit_img_s=round(fit_ips, 2), device_step_img_s=round(step_ips, 2),
+            fit_img_s=round(fit_ips, 2),
+            device_step_img_s=round(step_ips, 2),
             fit_vs_timm=round(fit_ips / timm_ips, 3) if timm_ips else None,
             device_step_vs_timm=round(step_ips / timm_ips, 3) if timm_ips else None,
         )
@@ -280,15 +298,25 @@ def largest_batch(fits, start, limit, deadline, predict=None, report=None):
     ok, failed, tries = 0, limit + 1, []
 
     def summary():
-        return dict(largest_fitting=ok, smallest_failing=failed if failed <= limit else None,
-                    converged=failed - ok <= max(1, ok // 32) or ok >= limit, tries=tries)
+        return dict(
+            largest_fitting=ok,
+            smallest_failing=failed if failed <= limit else None,
+            converged=failed - ok <= max(1, ok // 32) or ok >= limit,
+            tries=tries,
+        )
 
     def attempt(batch):
         nonlocal ok, failed
         t0 = time.perf_counter()
         fitted, used = fits(batch)
-        tries.append(dict(batch=batch, fits=fitted, peak_mib=used and round(used / MIB),
-                          seconds=round(time.perf_counter() - t0, 1)))
+        tries.append(
+            dict(
+                batch=batch,
+                fits=fitted,
+                peak_mib=used and round(used / MIB),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
         if fitted:
             ok = max(ok, batch)
         else:
@@ -318,8 +346,9 @@ def largest_batch(fits, start, limit, deadline, predict=None, report=None):
 
 def measure_max_batch(args):
     """Largest training batch of `args.max_batch`: Keras on JAX in a JAX process, timm in a torch one."""
-    import torch  # torch / timm before keras (TensorFlow): see README
     import timm  # noqa: F401
+    import torch  # torch / timm before keras (TensorFlow): see README
+
     # isort: split
     import keras
 
@@ -357,8 +386,15 @@ def measure_max_batch(args):
         model = _keras_model(name, args)
         model._symbolic_build(data_batch=_data(1, args.size))  # what `fit` does first: builds optimizer, metrics
         step = jax.jit(model.train_step, donate_argnums=0)  # what `fit` compiles
-        state = [model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                      optimizer_variables=True, metrics_variables=True, purge_model_variables=True)]
+        state = [
+            model._get_jax_state(
+                trainable_variables=True,
+                non_trainable_variables=True,
+                optimizer_variables=True,
+                metrics_variables=True,
+                purge_model_variables=True,
+            )
+        ]
         shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state[0])
         capacity = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
 
@@ -368,8 +404,16 @@ def measure_max_batch(args):
             try:
                 compiled = step.lower(state[0], data).compile()
                 memory = compiled.memory_analysis()
-                used = None if memory is None else (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                                     - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+                used = (
+                    None
+                    if memory is None
+                    else (
+                        memory.argument_size_in_bytes
+                        + memory.output_size_in_bytes
+                        - memory.alias_size_in_bytes
+                        + memory.temp_size_in_bytes
+                    )
+                )
                 for _ in range(2):
                     _, state[0] = compiled(state[0], data)
                 jax.block_until_ready(state[0])
@@ -385,7 +429,9 @@ def measure_max_batch(args):
 
     # Aim a little under the capacity: allocators fragment, and a first try that fits narrows faster.
     predict = (lambda fixed, per_sample: (0.95 * capacity - fixed) / per_sample) if capacity else None
-    header = dict(model=name, backend=backend, side=side, size=args.size, capacity_mib=capacity and round(capacity / MIB))
+    header = dict(
+        model=name, backend=backend, side=side, size=args.size, capacity_mib=capacity and round(capacity / MIB)
+    )
 
     def report(found):
         print("RESULT " + json.dumps(dict(result={**header, **found}, environment=environment())), flush=True)
@@ -411,16 +457,22 @@ def _summary(rows):
         if r.get("partial"):
             lines.append(f"{r['model']} [{r['backend']}]: cut short ({r['partial']['error']}); what it measured:")
         if "largest_fitting" in r:
-            lines.append(f"{r['model']} max batch, {r['side']}: {r['largest_fitting']} fits"
-                         f" (smallest failing {r['smallest_failing']}, converged {r['converged']})")
+            lines.append(
+                f"{r['model']} max batch, {r['side']}: {r['largest_fitting']} fits"
+                f" (smallest failing {r['smallest_failing']}, converged {r['converged']})"
+            )
         else:
             timm = r["timm"] or {}
-            lines.append(f"{r['model']} [{r['backend']}] batch {r['batch']}: timm {timm.get('img_s', '-')} img/s,"
-                         f" peak {_mib(timm.get('peak_mib'))}")
+            lines.append(
+                f"{r['model']} [{r['backend']}] batch {r['batch']}: timm {timm.get('img_s', '-')} img/s,"
+                f" peak {_mib(timm.get('peak_mib'))}"
+            )
             for label, k in r["keras"].items():
-                lines.append(f"  keras depthwise={label}: fit {k['fit_img_s']} img/s (x{k['fit_vs_timm']}),"
-                             f" device step {k['device_step_img_s']} (x{k['device_step_vs_timm']}),"
-                             f" peak {_mib(k.get('peak_mib'))}, first step {k['first_step_s']} s")
+                lines.append(
+                    f"  keras depthwise={label}: fit {k['fit_img_s']} img/s (x{k['fit_vs_timm']}),"
+                    f" device step {k['device_step_img_s']} (x{k['device_step_vs_timm']}),"
+                    f" peak {_mib(k.get('peak_mib'))}, first step {k['first_step_s']} s"
+                )
     return "\n".join(lines)
 
 
@@ -436,8 +488,12 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--gpu", action="store_true", help="timm on CUDA; Keras on its backend's GPU")
     parser.add_argument("--smoke", action="store_true", help="run the --gpu code paths on the CPU (tiny sizes)")
-    parser.add_argument("--depthwise", nargs="+", metavar="SPEC",
-                        help="JAX depthwise formulations to time side by side (NAME or NAME:MAX_CHANNELS)")
+    parser.add_argument(
+        "--depthwise",
+        nargs="+",
+        metavar="SPEC",
+        help="JAX depthwise formulations to time side by side (NAME or NAME:MAX_CHANNELS)",
+    )
     parser.add_argument("--fit-steps", type=int, default=10, help="batches per timed `fit` call")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -459,8 +515,11 @@ def main(argv=None):
 
     argv = list(argv if argv is not None else sys.argv[1:])
     rows, env_info = [], None
-    jobs = [(b, args.max_batch) for b in args.backends] if args.max_batch else [
-        (b, m) for m in args.models for b in args.backends]
+    jobs = (
+        [(b, args.max_batch) for b in args.backends]
+        if args.max_batch
+        else [(b, m) for m in args.models for b in args.backends]
+    )
     for backend, name in jobs:
         child_argv = argv if args.max_batch else [*argv, "--models", name]  # the last --models wins
         # JAX may take only 75% of the GPU by default; timm may take it all. The search lets it have as much.
@@ -471,8 +530,10 @@ def main(argv=None):
             rows.append(dict(label=f"{name} [{backend}]", **out))
         else:
             if "partial" in out:
-                print(f"{name} [{backend}]: cut short ({out['partial']['error']})\n{out['partial']['stderr']}",
-                      file=sys.stderr)
+                print(
+                    f"{name} [{backend}]: cut short ({out['partial']['error']})\n{out['partial']['stderr']}",
+                    file=sys.stderr,
+                )
             rows.append(dict(out["result"], partial=out.get("partial")))
             env_info = out["environment"]
         if args.json:  # after every child, so a run cut short keeps what it measured

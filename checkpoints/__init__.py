@@ -11,6 +11,7 @@ Names accepted by `resolve`:
   `timm.create_model(name, pretrained=True)` would load;
 * an alias, e.g. `"convnext_v1_tiny"` or `"convnext_v2_base"`.
 """
+
 import copy
 import difflib
 import fnmatch
@@ -88,9 +89,7 @@ def _unknown_name_message(name) -> str:
 def label_names(label_set: str) -> list[str]:
     """Class names of `label_set` (one of LABEL_SETS), in class-index order."""
     if label_set not in LABEL_SETS:
-        raise ValueError(
-            f"Unknown label set {label_set!r}; expected one of: {', '.join(LABEL_SETS)}."
-        )
+        raise ValueError(f"Unknown label set {label_set!r}; expected one of: {', '.join(LABEL_SETS)}.")
     return list(_read_label_file(label_set))
 
 

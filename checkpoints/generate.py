@@ -2,6 +2,7 @@
 
 Run from the repository root: `python -m checkpoints.generate`.
 """
+
 import json
 from pathlib import Path
 
@@ -59,11 +60,7 @@ def build_aliases(architectures: list[str]) -> dict[str, str]:
     candidates = {arch: arch for arch in architectures}
     candidates.update({f"convnext_v1_{size}": f"convnext_{size}" for size in V1_SIZES})
     candidates.update({f"convnext_v2_{size}": f"convnextv2_{size}" for size in V2_SIZES})
-    return {
-        alias: f"{arch}.{default_tag(arch)}"
-        for alias, arch in candidates.items()
-        if is_model_pretrained(arch)
-    }
+    return {alias: f"{arch}.{default_tag(arch)}" for alias, arch in candidates.items() if is_model_pretrained(arch)}
 
 
 def build_registry() -> dict:
@@ -94,10 +91,7 @@ def main() -> None:
     write_text(REGISTRY_PATH, json.dumps(registry, indent=1, sort_keys=True) + "\n")
     for label_set in LABEL_SETS:
         write_text(LABELS_DIR / f"{label_set}.txt", "\n".join(short_label_names(label_set)) + "\n")
-    print(
-        f"Wrote {len(registry['checkpoints'])} checkpoints and "
-        f"{len(registry['aliases'])} aliases to {REGISTRY_PATH}"
-    )
+    print(f"Wrote {len(registry['checkpoints'])} checkpoints and {len(registry['aliases'])} aliases to {REGISTRY_PATH}")
 
 
 if __name__ == "__main__":

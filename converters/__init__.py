@@ -4,11 +4,19 @@ Every name is loaded on first use (PEP 562): `python -m converters.timm_to_keras
 imports this package before the command can import torch and timm, and on some
 Linux machines TensorFlow imported before torchvision crashes the process.
 """
+
 import importlib
 
 _EXPORTS = {
-    "errors": ("ArchitectureError", "BadValueError", "CheckpointFormatError", "ConversionError",
-               "KeyMismatchError", "ShapeMismatchError", "check_finite"),
+    "errors": (
+        "ArchitectureError",
+        "BadValueError",
+        "CheckpointFormatError",
+        "ConversionError",
+        "KeyMismatchError",
+        "ShapeMismatchError",
+        "check_finite",
+    ),
     "layouts": ("check_architecture", "detect_layout", "infer_architecture", "to_timm_keys"),
     "readers": ("load_checkpoint",),
     "version": ("CONVERTER_VERSION",),

@@ -5,6 +5,7 @@ file that is no checkpoint, an unwritable folder) ends the command with one
 `error: ...` line (and at most a `hint: ...` line) and exit status 2; `--debug`
 shows the traceback instead.
 """
+
 import contextlib
 import logging
 import os

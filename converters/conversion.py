@@ -1,4 +1,5 @@
 """timm state dict <-> Keras model, strict, through `mapping.weight_slots`."""
+
 import concurrent.futures
 import contextlib
 import functools
@@ -13,8 +14,8 @@ from convnext_hub.families import create_from_structure, create_model
 from convnext_hub.fast_path import forget_deferred_variables
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
-from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from . import layouts
+from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from .mapping import timm_module_path, weight_slots
 from .readers import DATA_ALIGNMENT
 from .writers import write_safetensors
@@ -52,8 +53,7 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
     return load_timm_state_dict(model, state_dict, source=source, progress=progress)
 
 
-def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, digest=None,
-                            **model_kwargs):
+def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progress=False, digest=None, **model_kwargs):
     """Writes the weights of `convert(...)` to `path` without ever holding them in memory.
 
     `path` ending in `.safetensors`: a safetensors file keyed by Keras variable
@@ -86,8 +86,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
     try:
         if safetensors:
             specs = [(variable.path, tuple(variable.shape), variable.dtype) for variable, _ in plan]
-            write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values),
-                              digest)
+            write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values), digest)
         else:
             with _saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
                 model.save_weights(path)
@@ -103,9 +102,11 @@ def _aligned_first(plan):
     """`plan` with the values whose size is a multiple of `DATA_ALIGNMENT` bytes first, in their order:
     each of those then starts on that boundary in a safetensors file (whose data does), so every
     backend can keep its mapped pages as they are; the few others (small vectors) follow."""
+
     def odd_size(step):
         variable = step[0]
         return math.prod(variable.shape) * np.dtype(variable.dtype).itemsize % DATA_ALIGNMENT != 0
+
     return sorted(plan, key=odd_size)
 
 
@@ -136,24 +137,28 @@ class _Scratch:
 
     def array(self, name):
         """`scratch(shape, dtype)`: an uninitialised array of that shape in the buffer `name`."""
+
         def scratch(shape, dtype):
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             buffer = self._buffers.get(name)
             if buffer is None or buffer.size < nbytes:
                 buffer = self._buffers[name] = np.empty(nbytes, np.uint8)
             return buffer[:nbytes].view(dtype).reshape(shape)
+
         return scratch
 
 
 def _streaming_saver(layer, values, written):
     """`layer.save_own_variables` writing the checkpoint's values, which come in Keras' saving order
     (layers in model order, each layer's variables in creation order, as `weight_slots`)."""
+
     def save_own_variables(store):
         for i, variable in enumerate(layer.trainable_variables + layer.non_trainable_variables):
             planned, value = next(values)
             if planned is not variable:
                 raise RuntimeError(f"Keras saves {variable.path} where {planned.path} was expected")
             store[str(i)] = written(variable, value)
+
     return save_own_variables
 
 
@@ -197,8 +202,12 @@ def _model_for(state_dict, arch, source, model_kwargs):
         return create_model(info["arch"], **model_kwargs), state_dict
     hints = {key: model_kwargs.pop(key) for key in ("norm", "norm_eps") if key in model_kwargs}
     structure = layouts.inferred_structure(info, source, **hints)
-    logger.info("%s: a custom ConvNeXt geometry (depths=%s, dims=%s): no timm architecture name",
-                source, list(structure["depths"]), list(structure["dims"]))
+    logger.info(
+        "%s: a custom ConvNeXt geometry (depths=%s, dims=%s): no timm architecture name",
+        source,
+        list(structure["depths"]),
+        list(structure["dims"]),
+    )
     return create_from_structure(structure, **model_kwargs), state_dict
 
 
@@ -261,7 +270,9 @@ def plan_weights(model, state_dict, source="<state dict>"):
     if skipped or fresh:
         logger.warning(
             "%s: checkpoint keys dropped: %s; Keras weights left freshly initialised: %s",
-            source, skipped or "none", fresh or "none",
+            source,
+            skipped or "none",
+            fresh or "none",
         )
     return plan
 

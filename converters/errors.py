@@ -3,6 +3,7 @@
 Every message starts with the file (or other source) it is about, then names
 the key, and both shapes when shapes are the problem.
 """
+
 import numpy as np
 
 
@@ -34,7 +35,7 @@ def _is_float16(target_dtype):
     """True for float16 targets: "float16", np.float16, "mixed_float16" or a Keras policy computing in float16."""
     target = getattr(target_dtype, "compute_dtype", target_dtype)
     if isinstance(target, str) and target.startswith("mixed_"):
-        target = target[len("mixed_"):]
+        target = target[len("mixed_") :]
     try:
         return np.dtype(target) == np.float16
     except TypeError:  # "bfloat16" and other names numpy does not know

@@ -7,6 +7,7 @@ DINOv3 and EUPE); "hf" (transformers `ConvNext*` / `ConvNextV2*`); "clip"
 the rank they come in (2-D Linear or 4-D 1x1 conv); GRN parameters always come
 out as (C,).
 """
+
 import logging
 import re
 
@@ -27,7 +28,7 @@ LAYOUTS = {
 
 
 def detect_layout(state_dict, source="state dict"):
-    """"timm", "official", "hf" or "clip"; KeyMismatchError when none or several match."""
+    """ "timm", "official", "hf" or "clip"; KeyMismatchError when none or several match."""
     first = {}
     for key in state_dict:
         for layout, pattern in LAYOUTS.items():
@@ -69,8 +70,14 @@ def to_timm_keys(state_dict, source="state dict"):
     if layout == "clip":
         _add_clip_head_biases(out)
     if dropped:
-        logger.info("%s: dropped %d %s keys that are not part of a timm ConvNeXt: %s%s", source, len(dropped),
-                    layout, dropped[:8], " ..." if len(dropped) > 8 else "")
+        logger.info(
+            "%s: dropped %d %s keys that are not part of a timm ConvNeXt: %s%s",
+            source,
+            len(dropped),
+            layout,
+            dropped[:8],
+            " ..." if len(dropped) > 8 else "",
+        )
     return out
 
 
@@ -99,8 +106,14 @@ def _official_key(key):
     return re.sub(r"^norm\.", "head.norm.", key)
 
 
-_HF_BLOCK = {"dwconv": "conv_dw", "layernorm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2",
-             "layer_scale_parameter": "gamma", "grn": "mlp.grn"}
+_HF_BLOCK = {
+    "dwconv": "conv_dw",
+    "layernorm": "norm",
+    "pwconv1": "mlp.fc1",
+    "pwconv2": "mlp.fc2",
+    "layer_scale_parameter": "gamma",
+    "grn": "mlp.grn",
+}
 
 
 def _hf_key(key):
@@ -119,15 +132,18 @@ def _hf_key(key):
 
 
 _CLIP_HEAD = {
-    "visual.head.proj.weight": "head.fc.weight", "visual.head.proj.bias": "head.fc.bias",
-    "visual.head.mlp.fc1.weight": "head.pre_logits.fc.weight", "visual.head.mlp.fc1.bias": "head.pre_logits.fc.bias",
-    "visual.head.mlp.fc2.weight": "head.fc.weight", "visual.head.mlp.fc2.bias": "head.fc.bias",
+    "visual.head.proj.weight": "head.fc.weight",
+    "visual.head.proj.bias": "head.fc.bias",
+    "visual.head.mlp.fc1.weight": "head.pre_logits.fc.weight",
+    "visual.head.mlp.fc1.bias": "head.pre_logits.fc.bias",
+    "visual.head.mlp.fc2.weight": "head.fc.weight",
+    "visual.head.mlp.fc2.bias": "head.fc.bias",
 }
 
 
 def _clip_key(key):
     if key.startswith("visual.trunk."):
-        return key[len("visual.trunk."):]
+        return key[len("visual.trunk.") :]
     return _CLIP_HEAD.get(key)  # the text tower and other open_clip keys: dropped
 
 
@@ -141,8 +157,18 @@ def _add_clip_head_biases(out):
 # --- architecture ------------------------------------------------------------------------------
 
 TIMM_PATCH_SIZE = 4
-MATCHED_FIELDS = ("depths", "dims", "use_grn", "layer_scale", "stem_type", "norm", "head_norm_first",
-                  "head_hidden_size", "kernel_size", "patch_size")
+MATCHED_FIELDS = (
+    "depths",
+    "dims",
+    "use_grn",
+    "layer_scale",
+    "stem_type",
+    "norm",
+    "head_norm_first",
+    "head_hidden_size",
+    "kernel_size",
+    "patch_size",
+)
 NO_BIAS_NORMS = ("rmsnorm2d", "simplenorm")  # indistinguishable from their tensors
 
 
@@ -153,10 +179,15 @@ def _architectures():
 def _expected(spec):
     """A variant-table entry in the terms of `infer_architecture`."""
     return {
-        "depths": list(spec["depths"]), "dims": list(spec["dims"]), "use_grn": spec["use_grn"],
-        "layer_scale": spec["layer_scale_init_value"] is not None, "stem_type": spec["stem_type"],
-        "norm": spec["norm"], "head_norm_first": spec["head_norm_first"],
-        "head_hidden_size": spec["head_hidden_size"], "kernel_size": spec["kernel_size"],
+        "depths": list(spec["depths"]),
+        "dims": list(spec["dims"]),
+        "use_grn": spec["use_grn"],
+        "layer_scale": spec["layer_scale_init_value"] is not None,
+        "stem_type": spec["stem_type"],
+        "norm": spec["norm"],
+        "head_norm_first": spec["head_norm_first"],
+        "head_hidden_size": spec["head_hidden_size"],
+        "kernel_size": spec["kernel_size"],
         "patch_size": TIMM_PATCH_SIZE if spec["stem_type"] == "patch" else None,
     }
 
@@ -279,12 +310,20 @@ def inferred_structure(info, source="state dict", norm=None, norm_eps=1e-6):
     if norm is None:
         raise ArchitectureError(
             f"{source}: the norms have no bias (rmsnorm2d or simplenorm look alike); pass norm='rmsnorm2d' or "
-            "norm='simplenorm'")
+            "norm='simplenorm'"
+        )
     if info["stem_type"] == "patch" and info["patch_size"] != TIMM_PATCH_SIZE:
         raise ArchitectureError(f"{source}: a {info['patch_size']}x{info['patch_size']} patch stem; ConvNeXt's is 4x4")
     return {
-        "depths": tuple(info["depths"]), "dims": tuple(info["dims"]), "use_grn": info["use_grn"],
-        "layer_scale_init_value": 1e-6 if info["layer_scale"] else None, "stem_type": info["stem_type"],
-        "norm": norm, "norm_eps": norm_eps, "conv_mlp": info["conv_mlp"], "head_norm_first": info["head_norm_first"],
-        "head_hidden_size": info["head_hidden_size"], "kernel_size": info["kernel_size"],
+        "depths": tuple(info["depths"]),
+        "dims": tuple(info["dims"]),
+        "use_grn": info["use_grn"],
+        "layer_scale_init_value": 1e-6 if info["layer_scale"] else None,
+        "stem_type": info["stem_type"],
+        "norm": norm,
+        "norm_eps": norm_eps,
+        "conv_mlp": info["conv_mlp"],
+        "head_norm_first": info["head_norm_first"],
+        "head_hidden_size": info["head_hidden_size"],
+        "kernel_size": info["kernel_size"],
     }

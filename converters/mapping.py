@@ -6,6 +6,7 @@ Keras layer type then says which timm tensor feeds each of its variables and
 how the layout changes (torch convs are `(out, in, kh, kw)`, Keras
 `(kh, kw, in, out)`; Linear `(out, in)`, Dense `(in, out)`).
 """
+
 import keras
 import numpy as np
 
@@ -77,7 +78,7 @@ def _transposed(value, axes, scratch=None, rows=64):
     out = scratch(shape, value.dtype) if scratch else np.empty(shape, value.dtype)
     source_order = out.transpose(np.argsort(axes))  # a view of `out` indexed like `value`
     for start in range(0, value.shape[0], rows):
-        source_order[start:start + rows] = value[start:start + rows]
+        source_order[start : start + rows] = value[start : start + rows]
     return out
 
 

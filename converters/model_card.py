@@ -2,6 +2,7 @@
 
 Used by `converters.publish` (converted folders) and `convnext_hub.keras_hub.presets` (keras-hub presets).
 """
+
 from checkpoints import NON_COMMERCIAL_LICENSES
 
 HF_LICENSE_IDS = ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0", "bsd-3-clause")  # others: `license: other`
@@ -27,7 +28,8 @@ def equivalence_line(equivalence):
     if not equivalence:
         return "Not measured (torch and timm were not installed where this model was published)."
     rows = ", ".join(
-        f"{name} {out['max_abs_diff'] / max(out['max_abs_ref'], 1e-30):.2g}" for name, out in equivalence["outputs"].items()
+        f"{name} {out['max_abs_diff'] / max(out['max_abs_ref'], 1e-30):.2g}"
+        for name, out in equivalence["outputs"].items()
     )
     return (
         f"Max |Δ| / max |timm| against timm with the same source weights, on a fixed random "

@@ -16,6 +16,7 @@ When torch and timm are importable, the card states the comparison with timm
 (`converters.verification`: every stage map and the logits, with the source
 weights, on a fixed random input); publishing is refused if it fails.
 """
+
 import argparse
 import logging
 import sys
@@ -57,8 +58,9 @@ def write_folder(name, folder, *, fmt="keras", revision=None, cache_dir=None, to
     model = load_pretrained(name, revision=revision, cache_dir=cache_dir, token=token)
     report = measure_against_timm(model, token) if compare else None
     if report is not None and not report.passed:
-        raise ValueError(f"{name}: refusing to publish: the Keras outputs differ from timm's: "
-                         + "; ".join(report.lines()))
+        raise ValueError(
+            f"{name}: refusing to publish: the Keras outputs differ from timm's: " + "; ".join(report.lines())
+        )
     equivalence = report.as_dict() if report else None
     if fmt == "keras-hub":
         from convnext_hub.keras_hub import write_preset
@@ -75,7 +77,8 @@ def _require_keras_hub():
         import keras_hub  # noqa: F401
     except ImportError:
         raise cli.MissingDependencyError(
-            "--format keras-hub needs keras-hub: pip install 'convnext_hub[keras-hub]'") from None
+            "--format keras-hub needs keras-hub: pip install 'convnext_hub[keras-hub]'"
+        ) from None
 
 
 def measure_against_timm(model, token=None):
@@ -114,8 +117,12 @@ def model_card(config, repo_id=None):
         "| input size | crop_pct | crop_mode | interpolation | mean | std | classes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         "| {} | {} | {} | {} | {} | {} | {} |".format(
-            "x".join(map(str, cfg.get("input_size", [])[1:])) or "-", cfg.get("crop_pct", "-"),
-            cfg.get("crop_mode", "-"), cfg.get("interpolation", "-"), cfg.get("mean", "-"), cfg.get("std", "-"),
+            "x".join(map(str, cfg.get("input_size", [])[1:])) or "-",
+            cfg.get("crop_pct", "-"),
+            cfg.get("crop_mode", "-"),
+            cfg.get("interpolation", "-"),
+            cfg.get("mean", "-"),
+            cfg.get("std", "-"),
             f"{config['model_config']['num_classes']} ({cfg.get('label_set') or 'no ImageNet labels'})",
         ),
         "",
@@ -145,8 +152,9 @@ def publish(name, repo_id, *, fmt="keras", private=False, revision=None, dry_run
         if fmt == "keras-hub":
             from convnext_hub.keras_hub import upload_preset
 
-            return upload_preset(folder, repo_id, private=private, token=token,
-                                 commit_message=f"keras-hub preset of {name}")
+            return upload_preset(
+                folder, repo_id, private=private, token=token, commit_message=f"keras-hub preset of {name}"
+            )
         api = huggingface_hub.HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f"Keras conversion of {name}")
@@ -160,15 +168,20 @@ def main(argv=None):
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="DIR", help="write the folder to DIR and upload nothing")
     parser.add_argument("--revision", help="revision of the source checkpoint (default: main)")
-    parser.add_argument("--format", choices=("keras", "keras-hub"), default="keras",
-                        help="a converted folder for load_pretrained (keras) or a keras-hub preset")
+    parser.add_argument(
+        "--format",
+        choices=("keras", "keras-hub"),
+        default="keras",
+        help="a converted folder for load_pretrained (keras) or a keras-hub preset",
+    )
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
     def command():
-        where = publish(args.name, args.repo_id, fmt=args.format, private=args.private, revision=args.revision,
-                        dry_run=args.dry_run)
+        where = publish(
+            args.name, args.repo_id, fmt=args.format, private=args.private, revision=args.revision, dry_run=args.dry_run
+        )
         print(f"{'wrote' if args.dry_run else 'published'} {args.name}: {where}")
         return 0
 

@@ -4,6 +4,7 @@ timm initialises layer scale to 1e-6 and GRN to zero, which hides almost any
 mapping bug; equivalence checks (`--verify`, `--random-init`, the tests)
 randomize every parameter first.
 """
+
 import math
 
 

@@ -6,6 +6,7 @@ safetensors, PyTorch zip or legacy pickles (through `torch.load` with
 checkpoints and Hugging Face / timm model folders. Floating tensors come back
 as float32 (float16 and bfloat16 are widened exactly); other dtypes keep theirs.
 """
+
 import argparse
 import json
 import logging
@@ -28,8 +29,19 @@ MIN_TORCH = (2, 6)  # torch < 2.6 has weights_only bypasses (CVE-2025-32434)
 
 # safetensors dtype -> little-endian numpy dtype of the stored bytes (BF16 read as raw uint16).
 SAFETENSORS_DTYPES = {
-    "BOOL": "|b1", "U8": "|u1", "I8": "|i1", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
-    "U64": "<u8", "I64": "<i8", "F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8",
+    "BOOL": "|b1",
+    "U8": "|u1",
+    "I8": "|i1",
+    "U16": "<u2",
+    "I16": "<i2",
+    "U32": "<u4",
+    "I32": "<i4",
+    "U64": "<u8",
+    "I64": "<i8",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "F32": "<f4",
+    "F64": "<f8",
 }
 
 # Top-level wrappers, in order of preference; EMA weights are used only when no plain ones exist.
@@ -37,15 +49,35 @@ PLAIN_WRAPPERS = ("model", "state_dict", "module")
 EMA_WRAPPERS = ("model_ema", "state_dict_ema")
 KEY_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile
 # Non-tensor entries skipped when they sit beside the weights.
-METADATA_KEYS = frozenset({
-    "epoch", "step", "global_step", "optimizer", "lr_scheduler", "scheduler", "scaler", "args", "config",
-    "arch", "version", "metadata", "best_acc1", "best_metric", "max_accuracy", "amp",
-})
+METADATA_KEYS = frozenset(
+    {
+        "epoch",
+        "step",
+        "global_step",
+        "optimizer",
+        "lr_scheduler",
+        "scheduler",
+        "scaler",
+        "args",
+        "config",
+        "arch",
+        "version",
+        "metadata",
+        "best_acc1",
+        "best_metric",
+        "max_accuracy",
+        "amp",
+    }
+)
 
 # Weight files looked for in a folder, in order of preference.
 FOLDER_WEIGHTS = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-    "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
 )
 
 
@@ -95,7 +127,7 @@ def weights_file_in(folder):
 
 
 def sniff_format(path):
-    """"safetensors", "torch_zip", "torch_pickle" or "index", from the first bytes of `path`."""
+    """ "safetensors", "torch_zip", "torch_pickle" or "index", from the first bytes of `path`."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -122,6 +154,7 @@ def sniff_format(path):
 
 
 # --- safetensors -------------------------------------------------------------------------------
+
 
 class _DuplicateKey(Exception):
     pass
@@ -181,8 +214,12 @@ def read_safetensors_header(path, f, size):
             raise CheckpointFormatError(f"{path}: tensor {key!r}: bad shape {shape!r}")
         if len(shape) > 32 or math.prod(max(d, 1) for d in shape) * 8 >= 2**63:
             raise CheckpointFormatError(f"{path}: tensor {key!r}: shape {shape!r} is beyond what numpy can hold")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             raise CheckpointFormatError(f"{path}: tensor {key!r}: bad data_offsets {offsets!r}")
         begin, end = offsets
         nbytes = int(np.prod(shape, dtype=object)) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
@@ -233,7 +270,7 @@ def aligned_empty(shape, dtype, alignment=DATA_ALIGNMENT):
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     buffer = np.empty(nbytes + alignment, np.uint8)
     start = -buffer.ctypes.data % alignment
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _mapped_view(f, offset, nbytes, writable=False):
@@ -250,8 +287,9 @@ def _mapped_view(f, offset, nbytes, writable=False):
         mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=start)
         _map_pages_now(mapping)
     elif hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
-        mapping = mmap.mmap(f.fileno(), length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ,
-                            offset=start)
+        mapping = mmap.mmap(
+            f.fileno(), length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ, offset=start
+        )
     else:
         mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
     return np.frombuffer(mapping, np.uint8, count=nbytes, offset=offset - start)
@@ -327,6 +365,7 @@ def read_safetensors(path, lazy=False):
 
 # --- PyTorch pickles ---------------------------------------------------------------------------
 
+
 def _import_torch(path):
     try:
         import torch
@@ -384,8 +423,10 @@ def read_torch_pickle(path, zipped=True):
             if value.layout != torch.strided or value.is_nested or value.is_quantized or value.device.type != "cpu":
                 raise TypeError(f"a {value.layout} {value.dtype} tensor on {value.device}")
             if value.numel() > max(value.untyped_storage().nbytes(), 1):
-                raise ValueError(f"shape {tuple(value.shape)} with strides {value.stride()} declares more "
-                                 f"elements than its storage holds ({value.untyped_storage().nbytes()} bytes)")
+                raise ValueError(
+                    f"shape {tuple(value.shape)} with strides {value.stride()} declares more "
+                    f"elements than its storage holds ({value.untyped_storage().nbytes()} bytes)"
+                )
             value = value.detach().resolve_conj().resolve_neg()
             out[key] = (value.float() if value.is_floating_point() else value).numpy()
         except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
@@ -427,6 +468,7 @@ def unwrap_state_dict(obj, source):
 
 # --- sharded checkpoints -----------------------------------------------------------------------
 
+
 def read_sharded(index_path, lazy=False):
     """Read a sharded checkpoint from its `*.index.json`; every key must be in the shard the index names."""
     try:
@@ -441,8 +483,7 @@ def read_sharded(index_path, lazy=False):
     root = os.path.dirname(os.path.abspath(index_path))
     shards = {}
     for key, shard in weight_map.items():
-        if (not isinstance(shard, str) or os.path.isabs(shard)
-                or os.path.normpath(shard).split(os.sep)[0] in ("..", "")):
+        if not isinstance(shard, str) or os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] in ("..", ""):
             raise CheckpointFormatError(f"{index_path}: key {key!r} maps to {shard!r}, not a file beside the index")
         shards.setdefault(shard, set()).add(key)
 

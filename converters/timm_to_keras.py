@@ -14,6 +14,7 @@ and with `--export` the deployment artifacts beside them (`convnext_hub.export`)
 checked in its own runtime against timm under `--verify`; nothing at all unless the
 whole conversion (and verification) succeeded.
 """
+
 import argparse
 import importlib.util
 import os
@@ -28,7 +29,8 @@ from . import cli
 
 def _parse(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m converters.timm_to_keras", description=__doc__.split("\n")[0],
+        prog="python -m converters.timm_to_keras",
+        description=__doc__.split("\n")[0],
     )
     parser.add_argument("source", nargs="?", help="checkpoint file, folder or timm Hub name")
     parser.add_argument("--random-init", metavar="ARCH", help="convert a timm ARCH with random weights (offline demo)")
@@ -38,9 +40,14 @@ def _parse(argv):
     parser.add_argument("--format", choices=("keras", "weights"), default="weights")
     parser.add_argument("--verify", action="store_true", help="compare with timm; exit 1 on FAIL")
     parser.add_argument("--revision", help="Hub revision for a timm Hub name")
-    parser.add_argument("--export", metavar="FORMATS", type=_formats, default=(),
-                        help="comma-separated deployment formats written beside the weights: "
-                             "onnx, litert, saved_model, openvino, litert_int8")
+    parser.add_argument(
+        "--export",
+        metavar="FORMATS",
+        type=_formats,
+        default=(),
+        help="comma-separated deployment formats written beside the weights: "
+        "onnx, litert, saved_model, openvino, litert_int8",
+    )
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
     if (args.source is None) == (args.random_init is None):
@@ -55,7 +62,9 @@ def _formats(text):
     formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or text!r}; choose from {', '.join(EXPORT_FORMATS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {unknown or text!r}; choose from {', '.join(EXPORT_FORMATS)}"
+        )
     return formats
 
 
@@ -165,15 +174,25 @@ def _convert(args, source):
 
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     if args.format == "weights" and not args.verify and not args.export and source.model is None:
+
         def stream(folder):
-            shell = convert_to_weights_file(source.state_dict, folder / saved_folder.WEIGHTS_FILE, arch=args.arch,
-                                            source=source.label, progress=True, **kwargs)
+            shell = convert_to_weights_file(
+                source.state_dict,
+                folder / saved_folder.WEIGHTS_FILE,
+                arch=args.arch,
+                source=source.label,
+                progress=True,
+                **kwargs,
+            )
             shell.pretrained_cfg = source.pretrained_cfg
             saved_folder.write_config(folder, shell, saved_folder.WEIGHTS_FILE, **_metadata(source, None))
             return shell
+
         shell = write_output(args.out, stream)
-        _step(f"wrote {args.out}: {shell.architecture or 'custom geometry'}, {shell.count_params():,} parameters, "
-              f"{shell.num_classes} classes")
+        _step(
+            f"wrote {args.out}: {shell.architecture or 'custom geometry'}, {shell.count_params():,} parameters, "
+            f"{shell.num_classes} classes"
+        )
         return None
     if source.model is not None:
         return source.model
@@ -184,8 +203,13 @@ def _convert(args, source):
 
 def _streams(args):
     """True when the weights go straight from a local file into DIR (no model computes anything)."""
-    return (args.format == "weights" and not args.verify and not args.random_init
-            and args.source is not None and Path(args.source).exists())
+    return (
+        args.format == "weights"
+        and not args.verify
+        and not args.random_init
+        and args.source is not None
+        and Path(args.source).exists()
+    )
 
 
 def _choose_backend(args):
@@ -207,8 +231,10 @@ def _command(args):
     model = _convert(args, source)
     if model is None:
         return 0
-    _step(f"built {model.architecture or 'a custom geometry'}: {model.count_params():,} parameters, "
-          f"{model.num_classes} classes")
+    _step(
+        f"built {model.architecture or 'a custom geometry'}: {model.count_params():,} parameters, "
+        f"{model.num_classes} classes"
+    )
     if args.export:
         from convnext_hub import export
 

@@ -7,6 +7,7 @@ bar `TOLERANCE` separates right from wrong by orders of magnitude.
 
 Needs torch and timm (imported on first use: optional heavy dependencies).
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,15 +57,21 @@ class Report:
         lines = [c.line() for c in self.comparisons]
         if self.skipped:
             lines.append(f"logits   not compared: {self.skipped}")
-        lines.append(f"{'PASS' if self.passed else 'FAIL'}: worst {self.worst.name} at {self.worst.relative:.2e} "
-                     f"x max|timm| (bar {TOLERANCE:g})" if self.comparisons else "FAIL: nothing compared")
+        lines.append(
+            f"{'PASS' if self.passed else 'FAIL'}: worst {self.worst.name} at {self.worst.relative:.2e} "
+            f"x max|timm| (bar {TOLERANCE:g})"
+            if self.comparisons
+            else "FAIL: nothing compared"
+        )
         return lines
 
     def as_dict(self):
         return {
             "tolerance": TOLERANCE,
             "input_shape": list(self.input_shape),
-            "outputs": {c.name: {"max_abs_diff": c.max_abs_diff, "max_abs_ref": c.max_abs_ref} for c in self.comparisons},
+            "outputs": {
+                c.name: {"max_abs_diff": c.max_abs_diff, "max_abs_ref": c.max_abs_ref} for c in self.comparisons
+            },
             "logits_not_compared": self.skipped,
             "passed": self.passed,
         }
@@ -77,11 +84,17 @@ def timm_kwargs(model):
     is allowed only with `conv_mlp`, as in timm's own rms architectures.
     """
     return dict(
-        depths=tuple(model.depths), dims=tuple(model.dims), use_grn=model.use_grn,
-        ls_init_value=model.layer_scale_init_value, stem_type=model.stem_type,
+        depths=tuple(model.depths),
+        dims=tuple(model.dims),
+        use_grn=model.use_grn,
+        ls_init_value=model.layer_scale_init_value,
+        stem_type=model.stem_type,
         norm_layer=None if model.norm == "layernorm" else model.norm,
-        norm_eps=model.norm_eps, conv_mlp=model.conv_mlp, head_norm_first=model.head_norm_first,
-        head_hidden_size=model.head_hidden_size, kernel_sizes=model.kernel_size,
+        norm_eps=model.norm_eps,
+        conv_mlp=model.conv_mlp,
+        head_norm_first=model.head_norm_first,
+        head_hidden_size=model.head_hidden_size,
+        kernel_sizes=model.kernel_size,
     )
 
 
@@ -104,8 +117,10 @@ def timm_reference(model, timm_state_dict, num_classes):
     tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v, np.float32))) for k, v in timm_state_dict.items()}
     missing, unexpected = reference.load_state_dict(tensors, strict=False)
     if unexpected or any(not key.startswith("head.") for key in missing):
-        raise ValueError(f"timm's {model.architecture or 'ConvNeXt'} does not take these weights: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"timm's {model.architecture or 'ConvNeXt'} does not take these weights: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return reference.eval(), not missing
 
 
@@ -147,8 +162,10 @@ def why_logits_not_compared(model, reference, head_loaded):
     if not head_loaded:
         return "the checkpoint has no classifier (a headless checkpoint): the stages were compared"
     if model.num_classes != reference.num_classes:
-        return (f"--num-classes {model.num_classes} differs from the checkpoint's {reference.num_classes}: "
-                "the new classifier is freshly initialised, so only the stages were compared")
+        return (
+            f"--num-classes {model.num_classes} differs from the checkpoint's {reference.num_classes}: "
+            "the new classifier is freshly initialised, so only the stages were compared"
+        )
     return None
 
 

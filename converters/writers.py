@@ -4,6 +4,7 @@ The header (every name, dtype and shape) is known before any value, so a file
 of any size is written holding one tensor in memory; `readers.read_safetensors`
 (and the `safetensors` package) read it back.
 """
+
 import json
 import math
 import struct
@@ -26,8 +27,9 @@ def write_safetensors(path, specs, values, digest=None):
     header, offset = {}, 0
     for name, shape, dtype in specs:
         if dtype not in SAFETENSORS_CODES:
-            raise ValueError(f"{name}: dtype {dtype} cannot be written to safetensors here "
-                             f"(known: {', '.join(SAFETENSORS_CODES)})")
+            raise ValueError(
+                f"{name}: dtype {dtype} cannot be written to safetensors here (known: {', '.join(SAFETENSORS_CODES)})"
+            )
         code = SAFETENSORS_CODES[dtype]
         nbytes = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[code]).itemsize
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
@@ -35,6 +37,7 @@ def write_safetensors(path, specs, values, digest=None):
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)
     with open(path, "wb") as f:
+
         def put(data):
             f.write(data)
             if digest is not None:
@@ -44,7 +47,9 @@ def write_safetensors(path, specs, values, digest=None):
         for (name, shape, dtype), value in zip(specs, values, strict=True):
             value = np.ascontiguousarray(value)
             if tuple(value.shape) != tuple(shape) or value.dtype.name != dtype:
-                raise ValueError(f"{name}: got a {value.dtype.name} array of shape {tuple(value.shape)}, "
-                                 f"declared {dtype} {tuple(shape)}")
+                raise ValueError(
+                    f"{name}: got a {value.dtype.name} array of shape {tuple(value.shape)}, "
+                    f"declared {dtype} {tuple(shape)}"
+                )
             put(value.reshape(-1).view(np.uint8).data)
     return path

@@ -1,4 +1,5 @@
 """Native Keras 3 ConvNeXt V1 / V2 models and timm's pretrained weights."""
+
 from checkpoints import list_pretrained
 
 from .families import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model

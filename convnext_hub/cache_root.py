@@ -3,6 +3,7 @@
 The model core needs it too (the JAX compilation cache of `fast_path`), so it
 lives below the hub, which holds the converted-weights cache in the same root.
 """
+
 import os
 import tempfile
 

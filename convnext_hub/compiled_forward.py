@@ -18,8 +18,10 @@ device kind; so a changed model, package or JAX never reuses a stale program.
 Compiled executables go to JAX's persistent compilation cache under
 `<convnext_hub cache>/jax/<jax version>/xla/` (see
 `use_persistent_compilation_cache`), unless the user pointed JAX at another
-directory; the forward's executable is kept however fast it compiled. `CONVNEXT_HUB_JAX_COMPILE_CACHE=0` keeps both caches off.
+directory; the forward's executable is kept however fast it compiled.
+`CONVNEXT_HUB_JAX_COMPILE_CACHE=0` keeps both caches off.
 """
+
 import functools
 import hashlib
 import inspect
@@ -134,8 +136,11 @@ def _program(model, args):
     try:
         exported = jax.export.export(jitted)(*args)
     except Exception as e:  # noqa: BLE001 - an op JAX cannot export: compile without saving
-        logger.info("convnext_hub: the forward cannot be exported (%s: %s); compiling it in this process only",
-                    type(e).__name__, e)
+        logger.info(
+            "convnext_hub: the forward cannot be exported (%s: %s); compiling it in this process only",
+            type(e).__name__,
+            e,
+        )
         return jitted
     if _writable(folder) is not None:
         _write_atomically(path, exported.serialize())
@@ -177,8 +182,11 @@ def _source_hash(model):
     """sha256 over the sources of this package's modules that define the model and its layers:
     a change to their code makes a new program."""
     modules = sorted({type(obj).__module__ for obj in (model, *model.layers)} & set(sys.modules))
-    return hashlib.sha256("".join(_file_hash(sys.modules[name].__file__) for name in modules
-                                  if name.split(".")[0] == __name__.split(".")[0]).encode()).hexdigest()
+    return hashlib.sha256(
+        "".join(
+            _file_hash(sys.modules[name].__file__) for name in modules if name.split(".")[0] == __name__.split(".")[0]
+        ).encode()
+    ).hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ XNNPack runs.
 The export tools are the optional extra `pip install "convnext_hub[export]"`;
 without them `export` names the package to install.
 """
+
 import collections
 import importlib.util
 import os
@@ -27,42 +28,58 @@ EXTRA_FORMATS = ("litert_int8",)
 INSTALL_HINT = 'pip install "convnext_hub[export]"'
 
 _KERAS_FORMAT = {
-    "onnx": "onnx", "litert": "litert", "litert_int8": "litert", "saved_model": "tf_saved_model",
+    "onnx": "onnx",
+    "litert": "litert",
+    "litert_int8": "litert",
+    "saved_model": "tf_saved_model",
     "openvino": "openvino",
 }
 _FILE_NAME = {
-    "onnx": "model.onnx", "litert": "model.tflite", "litert_int8": "model_int8.tflite",
-    "saved_model": "saved_model", "openvino": "model.xml",
+    "onnx": "model.onnx",
+    "litert": "model.tflite",
+    "litert_int8": "model_int8.tflite",
+    "saved_model": "saved_model",
+    "openvino": "model.xml",
 }
 # Python module -> the package that provides it.
 _PACKAGES = {
-    "tensorflow": "tensorflow", "tf2onnx": "tf2onnx", "onnxscript": "onnxscript",
-    "onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "openvino": "openvino",
+    "tensorflow": "tensorflow",
+    "tf2onnx": "tf2onnx",
+    "onnxscript": "onnxscript",
+    "onnxruntime": "onnxruntime",
+    "ai_edge_litert": "ai-edge-litert",
+    "openvino": "openvino",
 }
 # What exporting needs, per backend and format: the modules the exporter imports, or why it cannot be done.
 _NO_LITERT = "Keras exports LiteRT from the TensorFlow and torch backends only"
-_LITERT_TORCH = ("needs the litert-torch converter, which is not in the export extra (it would downgrade "
-                 "typing-extensions and pydantic) and is untested here")
-_JAX2TF = ("Keras goes through jax2tf, and JAX 0.10's jax2tf writes only native StableHLO (XlaCallModule), "
-           "which {}")
+_LITERT_TORCH = (
+    "needs the litert-torch converter, which is not in the export extra (it would downgrade "
+    "typing-extensions and pydantic) and is untested here"
+)
+_JAX2TF = "Keras goes through jax2tf, and JAX 0.10's jax2tf writes only native StableHLO (XlaCallModule), which {}"
 _EXPORTERS = {
     "tensorflow": {
-        "onnx": ["tf2onnx", "onnxruntime"], "litert": ["ai_edge_litert"], "litert_int8": ["ai_edge_litert"],
-        "saved_model": [], "openvino": ["openvino"],
+        "onnx": ["tf2onnx", "onnxruntime"],
+        "litert": ["ai_edge_litert"],
+        "litert_int8": ["ai_edge_litert"],
+        "saved_model": [],
+        "openvino": ["openvino"],
     },
     "jax": {
         "onnx": "jax2onnx 0.17 did not finish converting convnextv2_atto (64x64, fixed size) in 8 minutes",
         "saved_model": _JAX2TF.format("TensorFlow 2.21 cannot read back (vhlo.composite_v2)"),
         "openvino": _JAX2TF.format("OpenVINO's TensorFlow frontend cannot convert"),
-        "litert": _NO_LITERT, "litert_int8": _NO_LITERT,
+        "litert": _NO_LITERT,
+        "litert_int8": _NO_LITERT,
     },
     "torch": {
         "onnx": ["onnxscript", "onnxruntime"],
         "openvino": "Keras traces the model with torch.jit.trace, whose check fails on these models "
-                    "(graphs differ across invocations)",
+        "(graphs differ across invocations)",
         "saved_model": "Keras' torch SavedModel route needs torch_xla, which is not installed here; "
-                       "with a dynamic batch it also fails in torch.export's dynamic shapes",
-        "litert": _LITERT_TORCH, "litert_int8": _LITERT_TORCH,
+        "with a dynamic batch it also fails in torch.export's dynamic shapes",
+        "litert": _LITERT_TORCH,
+        "litert_int8": _LITERT_TORCH,
     },
 }
 
@@ -76,10 +93,10 @@ _QUANTIZED_GAPS = {
     "tensorflow": {
         "onnx": "Keras' int8 Dense ends in tf.nn.gelu, whose erfc tf2onnx cannot convert (invalid ONNX graph)",
         "litert": "Keras' int8 Dense is a raw int8 matmul, which the LiteRT converter cannot map to a quantized "
-                  "FULLY_CONNECTED; export the float32 model as litert_int8 instead",
+        "FULLY_CONNECTED; export the float32 model as litert_int8 instead",
         "litert_int8": "the LiteRT converter quantizes a float32 model itself: export the float32 model",
         "openvino": "OpenVINO converts Keras' int8 graph but its logits are ~0.9 x max off Keras' own, and its "
-                    "int8 quantizer's custom gradients surface as extra outputs",
+        "int8 quantizer's custom gradients surface as extra outputs",
     },
 }
 
@@ -110,9 +127,7 @@ def require(fmt, backend=None, model=None):
         raise ValueError(f"Cannot export {fmt} on the {backend} backend: {reason}.")
     missing = [_PACKAGES[m] for m in _EXPORTERS[backend][fmt] if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExportTool(
-            f"Exporting {fmt} on the {backend} backend needs {', '.join(missing)}: {INSTALL_HINT}"
-        )
+        raise MissingExportTool(f"Exporting {fmt} on the {backend} backend needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
 def input_signature(model, image_size=None):
@@ -126,8 +141,10 @@ def input_signature(model, image_size=None):
     height, width = image_size or model.input_shape[1:3]
     backend = keras.backend.backend()
     if backend == "torch" and (height is None or width is None):
-        raise ValueError(f"On the {backend} backend the exported size is fixed: give `image_size=(height, width)`. "
-                         f"Received: image_size={image_size!r}")
+        raise ValueError(
+            f"On the {backend} backend the exported size is fixed: give `image_size=(height, width)`. "
+            f"Received: image_size={image_size!r}"
+        )
     batch = 1 if backend == "torch" else None
     return [keras.InputSpec(shape=(batch, height, width, 3), dtype="float32", name="images")]
 
@@ -157,8 +174,13 @@ def export(model, folder, formats=FORMATS, *, image_size=None, verbose=False):
     paths = {}
     for fmt in formats:
         path = folder / _FILE_NAME[fmt]
-        model.export(os.fspath(path), format=_KERAS_FORMAT[fmt], verbose=verbose, input_signature=signature,
-                     **_export_kwargs(fmt))
+        model.export(
+            os.fspath(path),
+            format=_KERAS_FORMAT[fmt],
+            verbose=verbose,
+            input_signature=signature,
+            **_export_kwargs(fmt),
+        )
         paths[fmt] = path
     return paths
 
@@ -166,8 +188,10 @@ def export(model, folder, formats=FORMATS, *, image_size=None, verbose=False):
 def _check_float32(model):
     policies = {layer.dtype_policy.compute_dtype for layer in model.layers if layer.weights}
     if policies != {"float32"}:
-        raise ValueError("Exporters write float32 graphs: build the model with dtype='float32'. "
-                         f"Received: compute dtypes {sorted(policies)}")
+        raise ValueError(
+            "Exporters write float32 graphs: build the model with dtype='float32'. "
+            f"Received: compute dtypes {sorted(policies)}"
+        )
 
 
 def _ensure_called(model, shape):
@@ -196,8 +220,11 @@ def run_artifact(fmt, path, images_nhwc):
     """
     images = np.ascontiguousarray(images_nhwc, dtype=np.float32)
     runners = {
-        "onnx": _run_onnx, "litert": _run_litert, "litert_int8": _run_litert,
-        "saved_model": _run_saved_model, "openvino": _run_openvino,
+        "onnx": _run_onnx,
+        "litert": _run_litert,
+        "litert_int8": _run_litert,
+        "saved_model": _run_saved_model,
+        "openvino": _run_openvino,
     }
     if fmt not in runners:
         raise ValueError(f"Unknown export format. Received: fmt={fmt!r}; accepted: {sorted(runners)}")
@@ -208,7 +235,9 @@ def _import(module):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise MissingExportTool(f"Running this artifact needs {_PACKAGES.get(module, module)}: {INSTALL_HINT}") from error
+        raise MissingExportTool(
+            f"Running this artifact needs {_PACKAGES.get(module, module)}: {INSTALL_HINT}"
+        ) from error
 
 
 def _run_onnx(path, images):
@@ -272,8 +301,9 @@ def compare_outputs(outputs, model, reference, images_nhwc, *, head_loaded=True)
 def check_artifacts(paths, model, reference, images_nhwc, *, head_loaded=True):
     """`{format: verification.Report}`: each artifact of `paths` (from `export`) run in its own runtime."""
     return {
-        fmt: compare_outputs(run_artifact(fmt, path, images_nhwc), model, reference, images_nhwc,
-                             head_loaded=head_loaded)
+        fmt: compare_outputs(
+            run_artifact(fmt, path, images_nhwc), model, reference, images_nhwc, head_loaded=head_loaded
+        )
         for fmt, path in paths.items()
     }
 

@@ -4,6 +4,7 @@
 architecture, depths, dims, ...), as keras.applications users expect;
 `create_model` takes timm's architecture names. Both build the one `ConvNeXt`.
 """
+
 import keras
 
 from . import variants
@@ -25,8 +26,7 @@ class _Family(ConvNeXt):
         """
         if variant not in cls.MODEL_VARIANTS:
             raise ValueError(
-                f"Unknown {cls.__name__} variant. Received: variant={variant!r}; "
-                f"accepted: {list(cls.MODEL_VARIANTS)}"
+                f"Unknown {cls.__name__} variant. Received: variant={variant!r}; accepted: {list(cls.MODEL_VARIANTS)}"
             )
         return create_model(
             cls.MODEL_VARIANTS[variant]["architecture"],

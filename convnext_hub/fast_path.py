@@ -24,6 +24,7 @@ float rounding (XLA fuses the whole forward).
 cached load); where a Keras release lacks what it reads (`shells_supported`),
 models are built with values and loaded with `load_weights`.
 """
+
 import logging
 import os
 
@@ -65,13 +66,16 @@ def _internals_present(model):
     global _notice_given
     present = all(hasattr(model, name) for name in MODEL_INTERNALS) and all(
         hasattr(node, "arguments") and hasattr(node.arguments, "fill_in")
-        for nodes in model._nodes_by_depth.values() for node in nodes
+        for nodes in model._nodes_by_depth.values()
+        for node in nodes
     )
     if not present and not _notice_given:
         _notice_given = True
         logger.info(
             "convnext_hub: Keras %s lacks the internals of the torch inference fast path (checked with %s); "
-            "using Keras' own call.", keras.__version__, ", ".join(CHECKED_KERAS_VERSIONS),
+            "using Keras' own call.",
+            keras.__version__,
+            ", ".join(CHECKED_KERAS_VERSIONS),
         )
     return present
 
@@ -80,8 +84,10 @@ def run(model, inputs):
     """`model(inputs)` in inference: each layer's `call` in graph order, intermediates freed after last use."""
     inputs = model._standardize_inputs(inputs)
     steps = [
-        node for depth in sorted(model._nodes_by_depth, reverse=True)
-        for node in model._nodes_by_depth[depth] if not node.is_input
+        node
+        for depth in sorted(model._nodes_by_depth, reverse=True)
+        for node in model._nodes_by_depth[depth]
+        if not node.is_input
     ]
     last_use = {id(t): i for i, node in enumerate(steps) for t in node.input_tensors}
     for t in model.outputs:
@@ -161,6 +167,7 @@ def initialize_deferred(variable, value):
     Reads Keras' private `_initialize_with_initializer`, the step `_deferred_initialize`
     runs with the variable's initializer (`shells_supported` says whether this Keras has it).
     """
+
     def stored(shape, dtype):
         if keras.backend.standardize_dtype(value.dtype) != dtype:
             return keras.ops.cast(value, dtype)

@@ -25,6 +25,7 @@ Example:
 Inputs must be preprocessed as the weights expect (`convnext_hub.preprocess_input`
 or `model.pretrained_cfg`); labels are integer class ids.
 """
+
 import math
 
 import keras
@@ -172,7 +173,9 @@ def _fit_inputs(train_data, batch_size, steps_per_epoch):
     """`model.fit` keyword arguments for `train_data`, and the explicit steps per epoch."""
     if isinstance(train_data, tuple):
         if len(train_data) not in (2, 3):
-            raise ValueError(f"A tuple `train_data` must be (x, y) or (x, y, sample_weight); got {len(train_data)} items.")
+            raise ValueError(
+                f"A tuple `train_data` must be (x, y) or (x, y, sample_weight); got {len(train_data)} items."
+            )
         kwargs = dict(x=train_data[0], y=train_data[1], batch_size=batch_size or 32)
         if len(train_data) == 3:
             kwargs["sample_weight"] = train_data[2]

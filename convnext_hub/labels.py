@@ -1,4 +1,5 @@
 """Turn classifier logits into readable ImageNet class names."""
+
 import numpy as np
 
 import checkpoints
@@ -17,8 +18,7 @@ def decode_predictions(logits, name: str, top: int = 5) -> list[list[tuple[int, 
     logits = _to_numpy(logits)
     if logits.ndim != 2 or logits.shape[1] != len(class_names):
         raise ValueError(
-            f"Expected logits of shape (batch, {len(class_names)}) for {name!r}, "
-            f"got shape {logits.shape}."
+            f"Expected logits of shape (batch, {len(class_names)}) for {name!r}, got shape {logits.shape}."
         )
     probabilities = _softmax(logits)
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top]

@@ -4,6 +4,7 @@ Every layer is registered for `.keras` serialization. The norms and GRN compute
 their statistics in float32 whatever the dtype policy, so mixed precision
 cannot overflow them (channel-first LayerNorm and GRN overflow in float16).
 """
+
 import contextlib
 import contextvars
 import os
@@ -312,8 +313,12 @@ class Conv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         plain = (
-            self.padding == "valid" and self.groups == 1 and self.use_bias and self.dilation_rate == (1, 1)
-            and self.data_format == "channels_last" and self.activation is keras.activations.linear
+            self.padding == "valid"
+            and self.groups == 1
+            and self.use_bias
+            and self.dilation_rate == (1, 1)
+            and self.data_format == "channels_last"
+            and self.activation is keras.activations.linear
         )
         if keras.backend.backend() != "torch" or not plain:
             return super().call(inputs)
@@ -384,8 +389,12 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     def call(self, inputs, training=None):
         backend = keras.backend.backend()
         plain = (
-            self.strides == (1, 1) and self.padding == "same" and self.depth_multiplier == 1
-            and self.use_bias and self.dilation_rate == (1, 1) and self.data_format == "channels_last"
+            self.strides == (1, 1)
+            and self.padding == "same"
+            and self.depth_multiplier == 1
+            and self.use_bias
+            and self.dilation_rate == (1, 1)
+            and self.data_format == "channels_last"
         )
         if not plain:
             return super().call(inputs)
@@ -420,7 +429,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         out = ops.broadcast_to(self.bias, ops.shape(x))
         for i in range(kh):
             for j in range(kw):
-                out = out + padded[:, i:i + height, j:j + width, :] * kernel[i, j]
+                out = out + padded[:, i : i + height, j : j + width, :] * kernel[i, j]
         return out
 
     def _nchw_call(self, x):
@@ -429,8 +438,12 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         kh, kw = self.kernel_size
         kernel = ops.transpose(ops.convert_to_tensor(self.kernel), (2, 3, 0, 1))  # (C, 1, kh, kw)
         y = lax.conv_general_dilated(
-            ops.transpose(x, (0, 3, 1, 2)), kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-            dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=kernel.shape[0],
+            ops.transpose(x, (0, 3, 1, 2)),
+            kernel,
+            (1, 1),
+            ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            feature_group_count=kernel.shape[0],
         )
         return ops.transpose(y, (0, 2, 3, 1)) + self.bias
 

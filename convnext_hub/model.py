@@ -4,6 +4,7 @@ Layer names mirror timm's module paths with `.` written as `_`
 (`stages_2_blocks_5_mlp_fc1` is timm's `stages.2.blocks.5.mlp.fc1`), so the
 mapping to timm keys is mechanical (see `converters.mapping`).
 """
+
 import contextlib
 import contextvars
 import logging
@@ -14,7 +15,14 @@ import numpy as np
 
 from . import fast_path
 from .layers import (
-    GELU, Conv2D, Dense, DepthwiseConv2D, ExportsFusablePatterns, GlobalResponseNorm, LayerScale, StochasticDepth,
+    GELU,
+    Conv2D,
+    Dense,
+    DepthwiseConv2D,
+    ExportsFusablePatterns,
+    GlobalResponseNorm,
+    LayerScale,
+    StochasticDepth,
     make_norm,
 )
 
@@ -181,9 +189,7 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         else:
             outputs = builder.backbone_output(x, head_norm_first, pooling)
 
-        super().__init__(
-            inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs
-        )
+        super().__init__(inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
         self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(stage_outputs)}
         self.feature_info = [
             {"num_chs": dim, "reduction": stride, "module": f"stages.{i}"}
@@ -219,8 +225,11 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         """The constructor's dtype policy, or a `DTypePolicyMap` of it plus the layers changed since
         (`model.quantize("int8")`), so that a reloaded model is built as it was saved."""
         base = self.layers_dtype_policy
-        changed = {layer.path: layer.dtype_policy for layer in self.layers
-                   if layer.dtype_policy.quantization_mode and layer.dtype_policy.name != base.name}
+        changed = {
+            layer.path: layer.dtype_policy
+            for layer in self.layers
+            if layer.dtype_policy.quantization_mode and layer.dtype_policy.name != base.name
+        }
         if not changed:
             return base
         policies = keras.dtype_policies.DTypePolicyMap(default_policy=base)
@@ -275,9 +284,9 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
             "pooling": self.pooling,
             "drop_path_rate": self.drop_path_rate,
             "dropout_rate": self.dropout_rate,
-            "classifier_activation": keras.activations.serialize(
-                keras.activations.get(self.classifier_activation)
-            ) if self.classifier_activation is not None else None,
+            "classifier_activation": keras.activations.serialize(keras.activations.get(self.classifier_activation))
+            if self.classifier_activation is not None
+            else None,
             "features_only": self.features_only,
             "out_indices": list(self.out_indices),
             "architecture": self.architecture,
@@ -366,8 +375,7 @@ class Builder:
         x = self.conv(dim, 3, 2, f"stem_{index}")(x)
         return self.norm(f"stem_{index + 1}")(x)
 
-    def stages(self, inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value,
-               drop_path_rate):
+    def stages(self, inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value, drop_path_rate):
         """The stem and the four stages on `inputs`: the last feature map of each stage (strides 4 ... 32)."""
         x = self.stem(inputs, stem_type, dims[0])
         rates = iter(drop_path_rates(depths, drop_path_rate))
@@ -388,7 +396,10 @@ class Builder:
         dim = x.shape[-1]
         shortcut = x
         x = DepthwiseConv2D(
-            kernel_size, padding="same", name=f"{prefix}_conv_dw", dtype=self.dtype,
+            kernel_size,
+            padding="same",
+            name=f"{prefix}_conv_dw",
+            dtype=self.dtype,
             depthwise_initializer=kernel_initializer(),
         )(x)
         x = self.norm(f"{prefix}_norm")(x)

@@ -8,6 +8,7 @@ functions here do the same steps with PIL and numpy and return channels-last
 float32 arrays; `Preprocessor.keras_layer` builds a Keras pipeline for
 batches of same-size images that works in a model and in `tf.data`.
 """
+
 import math
 
 import numpy as np
@@ -133,24 +134,18 @@ class Preprocessor:
 
         interpolation = _KERAS_INTERPOLATION.get(self.params["interpolation"])
         if interpolation is None:
-            raise ValueError(
-                f"No Keras resize matches {self.params['interpolation']!r}; "
-                "use preprocess_image instead."
-            )
+            raise ValueError(f"No Keras resize matches {self.params['interpolation']!r}; use preprocess_image instead.")
         resize_h, resize_w = resized_shape(self.params, *image_size[:2])
         crop_h, crop_w = self.params["crop_size"]
         if resize_h < crop_h or resize_w < crop_w:
             raise ValueError(
-                "This geometry pads the resized image, which the Keras layer "
-                "does not do; use preprocess_image instead."
+                "This geometry pads the resized image, which the Keras layer does not do; use preprocess_image instead."
             )
         mean = np.asarray(self.params["mean"], np.float32)
         std = np.asarray(self.params["std"], np.float32)
         return keras.layers.Pipeline(
             [
-                keras.layers.Resizing(
-                    resize_h, resize_w, interpolation=interpolation, antialias=True
-                ),
+                keras.layers.Resizing(resize_h, resize_w, interpolation=interpolation, antialias=True),
                 _fixed_crop_class()(
                     _crop_offset(resize_h, crop_h),
                     _crop_offset(resize_w, crop_w),

@@ -14,6 +14,7 @@ license, label set, source) and whatever the writer adds (`source`,
 `converter_version`, `equivalence`). Folders written before the schema had a
 version (no `format_version`) are read as version 0.
 """
+
 import json
 import os
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ def read_config(config_path):
     config_path = Path(config_path)
     if not config_path.is_file():
         raise NotASavedFolderError(
-            f"{config_path.parent}: no {CONFIG_FILE} beside the weights says which ConvNeXt they belong to")
+            f"{config_path.parent}: no {CONFIG_FILE} beside the weights says which ConvNeXt they belong to"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:

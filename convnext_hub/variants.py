@@ -4,6 +4,7 @@ Each entry holds exactly the structural arguments of `convnext_hub.ConvNeXt`.
 Values follow timm's `convnext.py` model functions; `tests/test_models.py`
 checks parameter counts and weight shapes against timm for every entry.
 """
+
 import difflib
 import fnmatch
 
@@ -85,17 +86,20 @@ def structure_mismatches(stored, expected):
 
     Keys absent from `stored` are not compared; tuples and lists compare equal.
     """
+
     def plain(value):
         return list(value) if isinstance(value, (tuple, list)) else value
 
     return [
-        (key, stored[key], expected[key]) for key in STRUCTURAL_KEYS
+        (key, stored[key], expected[key])
+        for key in STRUCTURAL_KEYS
         if key in stored and plain(stored[key]) != plain(expected[key])
     ]
 
 
 def structure_of(config):
     """The structural arguments in a model config (or a `ConvNeXt`), lists as tuples."""
+
     def get(key):
         value = config[key] if isinstance(config, dict) else getattr(config, key)
         return tuple(value) if isinstance(value, list) else value
@@ -108,7 +112,9 @@ def _family(prefix, sizes):
     return {size: {"architecture": f"{prefix}{size}", **ARCHITECTURES[f"{prefix}{size}"]} for size in sizes}
 
 
-V1_VARIANTS = _family("convnext_", ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge", "xxlarge"))
+V1_VARIANTS = _family(
+    "convnext_", ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge", "xxlarge")
+)
 V2_VARIANTS = _family("convnextv2_", ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "huge"))
 
 

@@ -4,6 +4,7 @@ models built as shells that stored arrays fill (`build_shell`, `fill_shell`).
 Nothing from the file is deserialized: a `.keras` archive's config is read as
 JSON and only checked, so no code from the file can run.
 """
+
 import json
 import logging
 import zipfile
@@ -15,7 +16,11 @@ import numpy as np
 
 from . import saved_folder
 from .fast_path import (
-    forget_deferred_variables, initialize_deferred, initialize_deferred_variables, is_shell, shells_supported,
+    forget_deferred_variables,
+    initialize_deferred,
+    initialize_deferred_variables,
+    is_shell,
+    shells_supported,
 )
 from .model import HEAD_LAYERS, zeros_initialized
 from .variants import structure_mismatches, structure_of
@@ -73,12 +78,21 @@ def _stored_head(model, path, model_config):
     with h5py.File(path, "r") as f:
         f.visititems(visit)
     with zeros_initialized():
-        probe = type(model).from_config({**model.get_config(), "num_classes": 0, "include_top": True,
-                                         "features_only": False, "pretrained_cfg": None})
+        probe = type(model).from_config(
+            {
+                **model.get_config(),
+                "num_classes": 0,
+                "include_top": True,
+                "features_only": False,
+                "pretrained_cfg": None,
+            }
+        )
     extra, features = total - probe.count_params(), probe.output_shape[-1]
     if extra < 0 or extra % (features + 1):
-        raise ValueError(f"{path} does not hold weights of {model.architecture or model.name}: "
-                         f"{total:,} values, which no head on this backbone gives")
+        raise ValueError(
+            f"{path} does not hold weights of {model.architecture or model.name}: "
+            f"{total:,} values, which no head on this backbone gives"
+        )
     return {"include_top": True, "features_only": False, "num_classes": extra // (features + 1)}
 
 
@@ -123,7 +137,11 @@ def load_weights_file(model, path):
         raise ValueError(f"{path} does not hold weights of {model.architecture or model.name}: no {fresh[0]}")
     logger.warning(
         "%s: head layers left freshly initialised (%s): the file's head (num_classes=%d) differs from the "
-        "model's (num_classes=%d).", path, ", ".join(fresh), stored["num_classes"], model.num_classes,
+        "model's (num_classes=%d).",
+        path,
+        ", ".join(fresh),
+        stored["num_classes"],
+        model.num_classes,
     )
 
 
@@ -152,12 +170,16 @@ def fill_shell(model, tensors, source):
     weights = {variable.path: variable for variable in model.weights}
     missing, unexpected = sorted(set(weights) - set(tensors)), sorted(set(tensors) - set(weights))
     if len(weights) != len(model.weights) or missing or unexpected:
-        raise ValueError(f"{source} does not hold the weights of {model.architecture or model.name}: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{source} does not hold the weights of {model.architecture or model.name}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     for path, variable in weights.items():
         if tuple(tensors[path].shape) != tuple(variable.shape):
-            raise ValueError(f"{source}: {path} is stored with shape {tuple(tensors[path].shape)}, "
-                             f"the model has {tuple(variable.shape)}")
+            raise ValueError(
+                f"{source}: {path} is stored with shape {tuple(tensors[path].shape)}, "
+                f"the model has {tuple(variable.shape)}"
+            )
     if not is_shell(model):
         for path, variable in weights.items():
             variable.assign(np.asarray(tensors[path]))

@@ -8,6 +8,7 @@ every test module runs in a process of its own, and the export and keras-hub tes
 torch too: what TensorFlow keeps of the models a module builds added up to more than the 24 GB of
 the test machine when the whole suite shared one process.
 """
+
 import glob
 import os
 import subprocess
@@ -44,8 +45,9 @@ def main(extra):
         runs += [(backend, rest + not_independent)] + [(backend, [m, *not_independent]) for m in ISOLATED_MODULES]
     failed = []
     for backend, args in runs:
-        label = " ".join([backend, *(a for a in args if a.endswith(".py") and (backend == "tensorflow"
-                                                                              or a in ISOLATED_MODULES))])
+        label = " ".join(
+            [backend, *(a for a in args if a.endswith(".py") and (backend == "tensorflow" or a in ISOLATED_MODULES))]
+        )
         print(f"\n===== KERAS_BACKEND={label} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend)
         code = subprocess.call([sys.executable, "-m", "pytest", *args, *extra], env=env)

@@ -3,6 +3,7 @@
 Models come from timm / transformers with every parameter randomized, so that
 a wrong mapping cannot hide behind an init value (ones, zeros, 1e-6).
 """
+
 import json
 import os
 import pathlib
@@ -23,8 +24,7 @@ def random_timm_model(arch, num_classes=1000, seed=0, **kwargs):
     return randomize_(model, seed).eval()
 
 
-def random_hf_model(kind="v1", depths=(2, 2, 6, 2), hidden_sizes=(40, 80, 160, 320), num_labels=10, seed=0,
-                    **config):
+def random_hf_model(kind="v1", depths=(2, 2, 6, 2), hidden_sizes=(40, 80, 160, 320), num_labels=10, seed=0, **config):
     """transformers `ConvNextForImageClassification` ("v1") or `ConvNextV2ForImageClassification` ("v2").
 
     Random weights, eval mode. `layer_norm_eps` (used by HF only for the final

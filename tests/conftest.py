@@ -4,18 +4,18 @@ torch/torchvision (through timm) must be imported before TensorFlow: the other
 order crashes the process on some Linux machines. Importing them here, before
 any test module imports keras, makes the order impossible to get wrong.
 """
+
 import gc
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import torch  # noqa: E402,F401  (must precede keras / tensorflow)
-import timm  # noqa: E402,F401
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import timm  # noqa: E402,F401
+import torch  # noqa: E402,F401  (must precede keras / tensorflow)
 
 BACKEND = keras.backend.backend()
 

@@ -15,6 +15,7 @@ CONVNEXT_HUB_CACHE. Kill delays are spread uniformly (seeded) over a measured un
 The same loops with many more runs are `benchmarks/faults_long.py`, which imports this module
 and prints the counts.
 """
+
 import collections
 import contextlib
 import hashlib
@@ -31,11 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch  # before keras (tests/conftest.py has imported it already)
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # before keras (tests/conftest.py has imported it already)
 
 from convnext_hub.hub import cache as cache_module  # noqa: E402
 from convnext_hub.hub import load_pretrained  # noqa: E402
@@ -455,8 +455,11 @@ class FaultStats:
             f"{self.survived} survived, {self.invalid_entries} invalid entries, "
             f"{self.corrupt_warnings} corrupt-entry warnings, {self.stale_tmp} stale temp dirs; "
             f"kills landed: {dict(sorted(self.states.items()))}"
-            + (f"; a whole run took {min(self.calibrations):.2f}-{max(self.calibrations):.2f} s"
-               if self.calibrations else "")
+            + (
+                f"; a whole run took {min(self.calibrations):.2f}-{max(self.calibrations):.2f} s"
+                if self.calibrations
+                else ""
+            )
             + (f", {len(self.events)} filesystem changes" if self.events else "")
         )
 
@@ -467,8 +470,13 @@ class FaultStats:
 def _spawn_loader(cache_root, stderr_path):
     with open(stderr_path, "wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-c", LOAD_CHILD, TAG], cwd=REPO_ROOT, env=child_env(CONVNEXT_HUB_CACHE=cache_root),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0,
+            [sys.executable, "-c", LOAD_CHILD, TAG],
+            cwd=REPO_ROOT,
+            env=child_env(CONVNEXT_HUB_CACHE=cache_root),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
         )
 
 
@@ -501,8 +509,17 @@ def cache_steps(events, count=2):
     return sorted(list(dict.fromkeys(named + spread))[:count])
 
 
-def sigkill_load_loop(reference, hf_cache, work, random_kills, seed, pick_events=cache_steps, ahead=2,
-                      recalibrate_every=0, log=lambda message: None):
+def sigkill_load_loop(
+    reference,
+    hf_cache,
+    work,
+    random_kills,
+    seed,
+    pick_events=cache_steps,
+    ahead=2,
+    recalibrate_every=0,
+    log=lambda message: None,
+):
     """Children do a first (uncached) `load_pretrained` of TAG and are SIGKILLed.
 
     A first child runs to its end: it measures the duration and lists the filesystem changes of an
@@ -544,12 +561,18 @@ def sigkill_load_loop(reference, hf_cache, work, random_kills, seed, pick_events
             i = next(counter)
             root, stderr_path = work / f"run{i}", work / f"run{i}.stderr"
             delay = value * stats.calibration_s if kind == "fraction" else None
-            label = f"run {i} (" + (f"{delay:.3f} s" if delay is not None else
-                                    f"after {events[value - 1]} #{value}") + ")"
+            label = (
+                f"run {i} (" + (f"{delay:.3f} s" if delay is not None else f"after {events[value - 1]} #{value}") + ")"
+            )
             proc = children.take(i)
             stats.runs += 1
-            code, _, _ = run_child(proc, stderr_path, f"go {value if kind == 'event' else -1}", kill_after=delay,
-                                   prepare=lambda: _wipe_hf_cache(hf_cache))  # uncached: the source too
+            code, _, _ = run_child(
+                proc,
+                stderr_path,
+                f"go {value if kind == 'event' else -1}",
+                kill_after=delay,
+                prepare=lambda: _wipe_hf_cache(hf_cache),
+            )  # uncached: the source too
             close_pipes(proc)
             _check_after_load_kill(stats, reference, hf_cache, root, code, label, stderr_path)
             shutil.rmtree(root, ignore_errors=True)
@@ -610,8 +633,13 @@ def cli(source, out, stderr_path, python_code=None, stdin=None, stdout=subproces
     command = ["-c", python_code] if python_code else ["-m", "converters.timm_to_keras"]
     with open(stderr_path, "wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, *command, str(source), "--out", str(out)], cwd=REPO_ROOT, env=child_env(),
-            stdin=stdin, stdout=stdout, stderr=stderr, bufsize=0,
+            [sys.executable, *command, str(source), "--out", str(out)],
+            cwd=REPO_ROOT,
+            env=child_env(),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            bufsize=0,
         )
 
 
@@ -623,9 +651,11 @@ def sigkill_cli_loop(reference, work, kills, seed, ahead=2, recalibrate_every=0,
     work.mkdir(parents=True, exist_ok=True)
     stats = FaultStats("SIGKILL during python -m converters.timm_to_keras")
     children = Children(
-        lambda i: cli(reference.weights, work / f"out{i}", work / f"cli{i}.stderr", CLI_CHILD, subprocess.PIPE,
-                      subprocess.PIPE),
-        1 + kills + ((kills - 1) // recalibrate_every if recalibrate_every else 0), ahead,
+        lambda i: cli(
+            reference.weights, work / f"out{i}", work / f"cli{i}.stderr", CLI_CHILD, subprocess.PIPE, subprocess.PIPE
+        ),
+        1 + kills + ((kills - 1) // recalibrate_every if recalibrate_every else 0),
+        ahead,
     )
     golden, counter = work / "golden", iter(range(1 << 30))
 
@@ -654,8 +684,13 @@ def sigkill_cli_loop(reference, work, kills, seed, ahead=2, recalibrate_every=0,
             label = f"run {i} ({'overwrite, ' if overwrite else ''}{delay:.3f} s)"
             proc = children.take(i)
             stats.runs += 1
-            code, _, _ = run_child(proc, work / f"cli{i}.stderr", "go", kill_after=delay,
-                                   prepare=lambda: overwrite and shutil.copytree(golden, out))
+            code, _, _ = run_child(
+                proc,
+                work / f"cli{i}.stderr",
+                "go",
+                kill_after=delay,
+                prepare=lambda: overwrite and shutil.copytree(golden, out),
+            )
             close_pipes(proc)
             if code == -signal.SIGKILL:
                 stats.killed += 1
@@ -721,20 +756,38 @@ def concurrent_loads(reference, hub, hf_cache, work, count=4, no_locks=False):
     try:
         for i in range(count):
             with open(work / f"child{i}.stderr", "wb") as stderr:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-c", CONCURRENT_CHILD, str(i), str(count), str(sync), str(work / "images.npy"),
-                     str(work / f"out{i}.npy"), "1" if no_locks else "0", TAG],
-                    cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            CONCURRENT_CHILD,
+                            str(i),
+                            str(count),
+                            str(sync),
+                            str(work / "images.npy"),
+                            str(work / f"out{i}.npy"),
+                            "1" if no_locks else "0",
+                            TAG,
+                        ],
+                        cwd=REPO_ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=stderr,
+                    )
+                )
         codes = [p.wait(CHILD_TIMEOUT) for p in procs]
     finally:
         for p in procs:
             sigkill(p)
-    logs = [tail(work / f"child{i}.stderr", 10 ** 6) for i in range(count)]
+    logs = [tail(work / f"child{i}.stderr", 10**6) for i in range(count)]
     if codes != [0] * count:
         return [f"exit statuses {codes}:\n" + "\n".join(log[-2000:] for log in logs)]
-    problems = [f"process {i}: {problem}" for i in range(count)
-                if (problem := mismatch(np.load(work / f"out{i}.npy"), reference.logits))]
+    problems = [
+        f"process {i}: {problem}"
+        for i in range(count)
+        if (problem := mismatch(np.load(work / f"out{i}.npy"), reference.logits))
+    ]
     converted = sum(log.count("to Keras") for log in logs)
     if converted != (count if no_locks else 1):  # with locks one converts; without, all do
         problems.append(f"{converted} conversions")
@@ -776,5 +829,3 @@ def only_entry(root):
     entries = sorted((Path(root) / "entries" / TAG).iterdir())
     assert len(entries) == 1, entries
     return entries[0]
-
-

@@ -10,6 +10,7 @@ It loads from a local safetensors file, from a local Hugging Face Hub (download,
 then a cached load), converts with the CLI, and fine-tunes one step; then checks that torch, timm
 and keras_hub were never imported. Not collected by pytest: the suite's conftest imports torch.
 """
+
 import importlib.util
 import os
 import subprocess
@@ -31,8 +32,11 @@ def main():
         (work / shadow).mkdir()
         (work / shadow / "notes.txt").write_text("the user's files")
     os.chdir(work)
-    imported = subprocess.run([sys.executable, "-c", "import convnext_hub; print(len(convnext_hub.list_pretrained()))"],
-                              capture_output=True, text=True)  # `-c` puts the working directory first on sys.path
+    imported = subprocess.run(
+        [sys.executable, "-c", "import convnext_hub; print(len(convnext_hub.list_pretrained()))"],
+        capture_output=True,
+        text=True,
+    )  # `-c` puts the working directory first on sys.path
     assert imported.returncode == 0 and imported.stdout.strip() == "98", imported.stderr
 
     import keras
@@ -50,8 +54,11 @@ def main():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected, rtol=0, atol=1e-5)
 
     same(convnext_hub.load_pretrained("atto.safetensors"))
-    done = subprocess.run([sys.executable, "-m", "converters.timm_to_keras", "atto.safetensors", "--out", "out"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "converters.timm_to_keras", "atto.safetensors", "--out", "out"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     same(convnext_hub.load_pretrained("out"))
     _through_local_hub(same)
@@ -63,9 +70,8 @@ def main():
 
 def _through_local_hub(same):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers only
-    from tests.hub_server import running_hub, upload_timm_checkpoint
-
     import convnext_hub
+    from tests.hub_server import running_hub, upload_timm_checkpoint
 
     with running_hub(Path.cwd() / "hub") as hub:
         upload_timm_checkpoint(hub, TIMM_TAG, Path("atto.safetensors"))

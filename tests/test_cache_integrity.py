@@ -4,6 +4,7 @@ Entries are safetensors files keyed by Keras variable path, with their size and 
 a load checks the size at once and the hash in the background, and confirms it
 before any weight is read. The two kinds of refs live in two stores.
 """
+
 import json
 import logging
 import os
@@ -80,7 +81,7 @@ def test_entry_tensors_of_whole_64_byte_blocks_start_on_64_byte_boundaries(cache
     _, entry, _ = cached
     data = (entry / WEIGHTS_FILE).read_bytes()
     header_size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_size])
+    header = json.loads(data[8 : 8 + header_size])
     spans = [tensor["data_offsets"] for key, tensor in header.items() if key != "__metadata__"]
     assert any((end - start) % 64 for start, end in spans), "atto has vectors of 160 bytes"
     for start, end in spans:

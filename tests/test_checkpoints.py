@@ -1,4 +1,5 @@
 """The checkpoint registry agrees with timm, and decode_predictions reads it right."""
+
 import json
 import subprocess
 import sys
@@ -175,7 +176,5 @@ def test_import_checkpoints_loads_no_ml_framework():
         "checkpoints.resolve('convnext_tiny'); checkpoints.label_names('imagenet-1k'); "
         "print(sorted({'keras', 'numpy', 'torch', 'timm', 'tensorflow', 'jax'} & set(sys.modules)))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

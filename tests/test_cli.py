@@ -1,4 +1,5 @@
 """`python -m converters.timm_to_keras`: outputs, --verify, and bad input that leaves nothing behind."""
+
 import json
 import os
 import pickle
@@ -93,14 +94,20 @@ def _h5_contents(path):
 
     items = []
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: items.append(
-            (name, dict(obj.attrs), obj[()] if isinstance(obj, h5py.Dataset) else None)))
+        f.visititems(
+            lambda name, obj: items.append((name, dict(obj.attrs), obj[()] if isinstance(obj, h5py.Dataset) else None))
+        )
     return items
 
 
-@pytest.mark.parametrize("arch, dtype", [
-    ("convnextv2_atto", None), ("convnext_zepto_rms_ols", torch.bfloat16), ("convnext_tiny_hnf", None),
-])
+@pytest.mark.parametrize(
+    "arch, dtype",
+    [
+        ("convnextv2_atto", None),
+        ("convnext_zepto_rms_ols", torch.bfloat16),
+        ("convnext_tiny_hnf", None),
+    ],
+)
 def test_streamed_weights_equal_keras_own_save(tmp_path, arch, dtype):
     """Without --verify the weights go from the file into `model.weights.h5` one tensor at a time;
     the file is the one Keras writes for the converted model, and loads into timm's outputs."""
@@ -233,8 +240,13 @@ def test_streaming_on_jax_never_imports_tensorflow(reference, tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("KERAS_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", script, _save(sd, tmp_path / "w.safetensors"), str(out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, _save(sd, tmp_path / "w.safetensors"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "backend jax tensorflow False"
     config = json.loads((out / "config.json").read_text())

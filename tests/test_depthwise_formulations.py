@@ -5,6 +5,7 @@ The formulations exist for the GPU, where they are measured against each other
 `CONVNEXT_HUB_JAX_DEPTHWISE` on CPU and must give Keras' values and gradients.
 On the other backends the variable must change nothing.
 """
+
 import keras
 import numpy as np
 import pytest

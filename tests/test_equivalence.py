@@ -5,6 +5,7 @@ odd input size; bar max|d| <= 1e-5 * max|reference| in float32, through
 `converters.verification.compare` (the comparison `--verify` uses; see tests/timm_comparison.py).
 All 28 timm architectures on TensorFlow; a representative set on JAX and torch.
 """
+
 import keras
 import numpy as np
 import pytest
@@ -30,8 +31,14 @@ from tests.timm_comparison import (
 
 SLOW = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 REPRESENTATIVE = [
-    "convnext_atto", "convnextv2_atto", "convnext_atto_ols", "convnext_atto_rms",
-    "convnext_zepto_rms_ols", "convnext_tiny_hnf", "convnext_large_mlp", "convnext_xxlarge",
+    "convnext_atto",
+    "convnextv2_atto",
+    "convnext_atto_ols",
+    "convnext_atto_rms",
+    "convnext_zepto_rms_ols",
+    "convnext_tiny_hnf",
+    "convnext_large_mlp",
+    "convnext_xxlarge",
 ]
 ARCHS = timm.list_models("convnext*") if BACKEND == "tensorflow" else REPRESENTATIVE
 

@@ -7,6 +7,7 @@ ai-edge-litert, `tf.saved_model.load`, OpenVINO) and compared with timm through
 Batch 1 and 3; two image sizes where the artifact's height and width are dynamic.
 Formats the current backend cannot export are skipped with the reason `export.support` gives.
 """
+
 import keras
 import numpy as np
 import pytest
@@ -17,7 +18,11 @@ from tests.checkpoint_factory import random_timm_model, randomize_, state_dict_n
 from tests.conftest import BACKEND
 
 REPRESENTATIVE = [
-    "convnext_atto", "convnextv2_atto", "convnext_atto_ols", "convnext_atto_rms", "tiny_hnf_head",
+    "convnext_atto",
+    "convnextv2_atto",
+    "convnext_atto_ols",
+    "convnext_atto_rms",
+    "tiny_hnf_head",
     "large_mlp_head",
 ]
 # convnext_tiny_hnf's head (norm on the feature map, then pool) and convnext_large_mlp's (pre-logits Dense
@@ -32,7 +37,8 @@ SMALL_GEOMETRIES = {
 # Not marked slow: V2 with GRN (every layer kind but the alternative stems and norms) as a classifier in
 # every format, and as features in ONNX; the rest of the representative set is slow (each export takes seconds).
 FAST = {("convnextv2_atto", "classifier", fmt) for fmt in ("onnx", "litert", "saved_model", "openvino")} | {
-    ("convnextv2_atto", "features", "onnx")}
+    ("convnextv2_atto", "features", "onnx")
+}
 KINDS = {"classifier": {}, "features": {"features_only": True}}
 FIXED_SIZE = (64, 64)
 SIZES = [(64, 64), (67, 45)]
@@ -55,8 +61,10 @@ def _inputs():
     """Batches the artifacts must take: batch 1 and 3, and a second, odd size where sizes are dynamic."""
     batches = [1] if BACKEND == "torch" else [1, 3]  # torch artifacts are traced at batch 1
     sizes = SIZES if _fixed_size() is None else [FIXED_SIZE]
-    return [np.random.RandomState(i).standard_normal((b, h, w, 3)).astype("float32")
-            for i, (b, (h, w)) in enumerate((b, s) for b in batches for s in sizes)]
+    return [
+        np.random.RandomState(i).standard_normal((b, h, w, 3)).astype("float32")
+        for i, (b, (h, w)) in enumerate((b, s) for b in batches for s in sizes)
+    ]
 
 
 def _random_reference(arch):
@@ -166,6 +174,7 @@ def test_litert_dynamic_size_leaves_only_shape_arithmetic_off_xnnpack(litert_fil
 
 # --------------------------------------------------------------------------- ONNX graph
 
+
 def _expected_fusions(model):
     """Fused kernels onnxruntime must make of `model`: one per norm layer and one per GELU (in a layer or a Dense)."""
     from convnext_hub.layers import GELU, Dense, LayerNorm, RMSNorm, SimpleNorm
@@ -181,8 +190,9 @@ def _expected_fusions(model):
     return counts
 
 
-@pytest.mark.parametrize("arch", [
-    "convnextv2_atto", pytest.param("convnext_atto_rms", marks=pytest.mark.slow), "convnext_zepto_rms_ols"])
+@pytest.mark.parametrize(
+    "arch", ["convnextv2_atto", pytest.param("convnext_atto_rms", marks=pytest.mark.slow), "convnext_zepto_rms_ols"]
+)
 def test_onnx_norms_and_gelu_fuse_in_onnxruntime(arch, tmp_path):
     """Every LayerNorm, RMSNorm and GELU of the exported graph becomes one onnxruntime kernel (as in timm's
     own ONNX export), no erf or power is left unfused, and the artifact still equals timm (the stem GELU of
@@ -224,7 +234,9 @@ def test_keras_hub_models_export_the_fused_patterns(task, tmp_path):
     images = _inputs()[1]
     expected = keras_hub_model(images)
     path = str(tmp_path / "model.onnx")
-    keras_hub_model.export(path, format="onnx", input_signature=[keras.InputSpec(shape=(None, None, None, 3), dtype="float32")])
+    keras_hub_model.export(
+        path, format="onnx", input_signature=[keras.InputSpec(shape=(None, None, None, 3), dtype="float32")]
+    )
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -295,7 +307,7 @@ def test_int8_model_exports(float_and_int8, tmp_path):
                 export.export(model, tmp_path / fmt, [fmt], image_size=_fixed_size())
     for fmt, path in paths.items():
         (logits,) = export.run_artifact(fmt, path, batch)
-        expected = int8_logits[:len(batch)]
+        expected = int8_logits[: len(batch)]
         # Runtimes round and accumulate int8 products their own way (eager Keras and a served TF graph
         # differ by ~2e-2 here): the size below, not the values, tells int8 weights from float32 ones.
         error = np.abs(logits - expected).max() / np.abs(expected).max()

@@ -1,4 +1,5 @@
 """The torch inference fast path: same results as Keras' own call, off by switch, and a guarded fallback."""
+
 import logging
 
 import keras

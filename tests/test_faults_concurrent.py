@@ -1,6 +1,8 @@
 """Four processes load one uncached checkpoint at once, with file locks and with every lock a no-op:
 all get timm's logits, the cache ends with one complete entry. The machinery is tests/faults.py."""
+
 import pytest
+
 from tests.faults import concurrent_loads, hub, local_hub, reference  # noqa: F401  (fixtures)
 
 

@@ -1,5 +1,6 @@
 """A full disk while a cache entry is written: a clear error naming the cache directory, nothing valid-looking
 left, and the next load (with room again) converts and caches. The machinery is tests/faults.py."""
+
 import errno
 import os
 import shutil
@@ -8,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from convnext_hub.hub import Cache, load_pretrained
 from convnext_hub.hub.cache import META_FILE
 from tests.faults import (  # noqa: F401
@@ -78,6 +80,7 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing_valid(hub, reference, tmp
         monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_on_full_disk)
         undo = [(tempfile, "mkdtemp", make_dir)]
     if undo:
+
         def make_room():
             for module, name, value in undo:
                 monkeypatch.setattr(module, name, value)

@@ -1,6 +1,7 @@
 """SIGKILL at random moments (and right after chosen filesystem steps) of a first `load_pretrained` and of
 the converter CLI: afterwards the cache holds only complete entries and `--out` is absent or complete.
 The machinery is tests/faults.py; `benchmarks/faults_long.py` runs the same loops much longer."""
+
 import signal
 
 from tests.faults import (  # noqa: F401  (hub, local_hub, reference: fixtures)

@@ -1,9 +1,11 @@
 """A new converter version never reads an entry written by an older one (online, pinned commit, offline),
 and uses its own entry from then on. The machinery is tests/faults.py."""
+
 import json
 from pathlib import Path
 
 import pytest
+
 from convnext_hub.hub import load_pretrained, timm_hub
 from convnext_hub.hub.cache import META_FILE
 from tests.faults import (  # noqa: F401  (hub, local_hub, reference: fixtures)

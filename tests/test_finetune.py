@@ -4,6 +4,7 @@ One run of the recipe on a small synthetic task serves several checks; a
 subprocess runs it again under `keras.distribution.DataParallel` on two
 simulated CPU devices (JAX backend), whatever this process's backend.
 """
+
 import inspect
 import json
 import math
@@ -39,7 +40,7 @@ def quadrant_task(n=64, size=32, seed=0):
     half = size // 2
     for i, label in enumerate(labels):
         r, c = divmod(label, 2)
-        x[i, r * half:(r + 1) * half, c * half:(c + 1) * half] += 0.8
+        x[i, r * half : (r + 1) * half, c * half : (c + 1) * half] += 0.8
     return (x - x.mean()) / x.std(), labels
 
 
@@ -77,13 +78,26 @@ def recipe():
     initial_loss = model.evaluate(x, y, verbose=0)
     snapshots = Snapshots()
     head_history, history = fine_tune(
-        model, (x, y), batch_size=BATCH, head_epochs=HEAD_EPOCHS, epochs=EPOCHS,
-        head_lr=1e-3, peak_lr=2e-3, warmup_fraction=0.25, callbacks=[snapshots], verbose=0,
+        model,
+        (x, y),
+        batch_size=BATCH,
+        head_epochs=HEAD_EPOCHS,
+        epochs=EPOCHS,
+        head_lr=1e-3,
+        peak_lr=2e-3,
+        warmup_fraction=0.25,
+        callbacks=[snapshots],
+        verbose=0,
     )
     final_loss, final_accuracy = model.evaluate(x, y, verbose=0)
     return dict(
-        model=model, snapshots=snapshots, head_history=head_history, history=history,
-        initial_loss=initial_loss, final_loss=final_loss, final_accuracy=final_accuracy,
+        model=model,
+        snapshots=snapshots,
+        head_history=head_history,
+        history=history,
+        initial_loss=initial_loss,
+        final_loss=final_loss,
+        final_accuracy=final_accuracy,
     )
 
 
@@ -126,8 +140,15 @@ def test_stage_2_trains_everything_and_lowers_the_loss(recipe):
     assert (schedule.warmup_steps, schedule.decay_steps + schedule.warmup_steps) == (2, EPOCHS * STEPS)
     # Keras has no public query for it: no decay on norms, biases, layer scale, GRN; decay on kernels.
     decayed = {w.path: optimizer._use_weight_decay(w) for w in model.trainable_weights}
-    for path in ("stem_0/bias", "stem_1/gamma", "stem_1/beta", "stages_0_blocks_0_mlp_grn/gamma",
-                 "stages_0_blocks_0_mlp_grn/beta", "head_norm/gamma", "head_fc/bias"):
+    for path in (
+        "stem_0/bias",
+        "stem_1/gamma",
+        "stem_1/beta",
+        "stages_0_blocks_0_mlp_grn/gamma",
+        "stages_0_blocks_0_mlp_grn/beta",
+        "head_norm/gamma",
+        "head_fc/bias",
+    ):
         assert decayed[path] is False, path
     for path in ("stem_0/kernel", "stages_0_blocks_0_conv_dw/kernel", BACKBONE_WEIGHT, "head_fc/kernel"):
         assert decayed[path] is True, path
@@ -147,7 +168,9 @@ def test_warmup_cosine_schedule(peak, total, warmup, min_lr):
     schedule = warmup_cosine(peak, total, warmup, min_lr)
     steps = sorted({0, 1, warmup // 2, max(warmup - 1, 0), warmup, (warmup + total) // 2, total - 1, total, total + 7})
     values = [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
-    np.testing.assert_allclose(values, [expected_lr(s, peak, total, warmup, min_lr) for s in steps], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        values, [expected_lr(s, peak, total, warmup, min_lr) for s in steps], rtol=1e-5, atol=1e-9
+    )
     if warmup > 1:  # rises linearly, from 0
         ramp = values[: steps.index(warmup) + 1]
         assert ramp[0] == 0.0 and all(a < b for a, b in zip(ramp, ramp[1:]))
@@ -155,8 +178,14 @@ def test_warmup_cosine_schedule(peak, total, warmup, min_lr):
     np.testing.assert_allclose([float(keras.ops.convert_to_numpy(restored(step))) for step in steps], values)
 
 
-@pytest.mark.parametrize("bad", [dict(total_steps=10, warmup_steps=10), dict(total_steps=0, warmup_steps=0),
-                                 dict(total_steps=10, warmup_steps=1, min_lr=1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(total_steps=10, warmup_steps=10),
+        dict(total_steps=0, warmup_steps=0),
+        dict(total_steps=10, warmup_steps=1, min_lr=1.0),
+    ],
+)
 def test_warmup_cosine_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         warmup_cosine(peak_lr=1e-3, **bad)

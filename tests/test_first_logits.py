@@ -3,6 +3,7 @@
 The JAX checks run in child processes with `KERAS_BACKEND=jax` (any backend runs
 this file); each child counts JAX's own compile events (`jax.monitoring`).
 """
+
 import json
 import os
 import subprocess
@@ -61,14 +62,21 @@ CHILD = textwrap.dedent(
 
 def run_child(cache, out, mode="", **env):
     """Run CHILD on JAX with the convnext_hub cache `cache`; its RESULT."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "CONVNEXT_HUB_CACHE": str(cache),
-           "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "PYTHONPATH": str(REPO_ROOT),
+        "CONVNEXT_HUB_CACHE": str(cache),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        **env,
+    }
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), mode], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), mode], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def close(a, b):
@@ -112,8 +120,11 @@ def test_program_key_changes_with_model_input_code_and_versions(monkeypatch):
     model = create_model("convnext_atto", input_shape=(64, 64, 3))
 
     def key(m=model, shape=(1, 64, 64, 3)):
-        args = ([np.zeros(v.shape, v.dtype) for v in m.trainable_variables],
-                [np.zeros(v.shape, v.dtype) for v in m.non_trainable_variables], np.zeros(shape, np.float32))
+        args = (
+            [np.zeros(v.shape, v.dtype) for v in m.trainable_variables],
+            [np.zeros(v.shape, v.dtype) for v in m.non_trainable_variables],
+            np.zeros(shape, np.float32),
+        )
         return compiled_forward.program_key(m, args)
 
     base = key()

@@ -20,6 +20,7 @@ examples per property (`benchmarks/fuzz_long.py` does that and counts the
 outcomes). `CONVNEXT_FUZZ_TALLY=1` records undocumented exceptions instead of
 failing on the first one, so that a long run can count them.
 """
+
 import collections
 import functools
 import io
@@ -53,8 +54,10 @@ from tests import checkpoint_factory as cf
 
 # torch's notes on unusual pickle protocols, sparse tensors and the like: noise here;
 # float64 values beyond float32's range read as inf (numpy warns): expected with random bytes.
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
 
 # --- run configuration and outcome counting ------------------------------------------------------
 
@@ -81,8 +84,12 @@ def fuzz_settings(ci_examples, long_share=1.0):
         derandomize=derandomize,
         database=None,
         print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-                               HealthCheck.large_base_example],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+        ],
     )
 
 
@@ -129,9 +136,12 @@ def check_read(prop, ok, result, folder, budget):
         assert isinstance(key, str), key
         assert isinstance(value, np.ndarray), (key, type(value))
         if value.size > max(budget, 1):
-            violation(prop, "amplified tensor",
-                      f"tensor {key!r} has shape {value.shape} ({value.size} elements, strides {value.strides}) "
-                      f"read from {budget} bytes of files")
+            violation(
+                prop,
+                "amplified tensor",
+                f"tensor {key!r} has shape {value.shape} ({value.size} elements, strides {value.strides}) "
+                f"read from {budget} bytes of files",
+            )
 
 
 def load_arrays(path, lazy=False):
@@ -158,6 +168,7 @@ def read_bytes(prop, data, name="checkpoint", lazy=False):
 
 
 # --- base checkpoints ----------------------------------------------------------------------------
+
 
 def _bf16_bytes(values):
     return (np.asarray(values, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
@@ -204,7 +215,8 @@ def safetensors_bytes(pairs, data, length=None, header_bytes=None):
     """A safetensors file from header `pairs` [(key, value)] (duplicates kept) and the data region."""
     if header_bytes is None:
         header_bytes = ("{" + ",".join(f"{json.dumps(k)}:{_json(v)}" for k, v in pairs) + "}").encode(
-            "utf-8", "surrogatepass")
+            "utf-8", "surrogatepass"
+        )
     n = len(header_bytes) if length is None else length
     return struct.pack("<Q", n) + header_bytes + data
 
@@ -223,8 +235,11 @@ def small_safetensors():
     """The SMALL_TENSORS file, as `safetensors` itself writes it (padded header) where it can."""
     from safetensors.numpy import save
 
-    plain = {key: np.frombuffer(raw, SAFETENSORS_DTYPES[dtype]).reshape(shape)
-             for key, dtype, shape, raw in SMALL_TENSORS if dtype != "BF16"}
+    plain = {
+        key: np.frombuffer(raw, SAFETENSORS_DTYPES[dtype]).reshape(shape)
+        for key, dtype, shape, raw in SMALL_TENSORS
+        if dtype != "BF16"
+    }
     return save(plain, metadata={"format": "np"})
 
 
@@ -253,12 +268,18 @@ def small_torch_file(zipped=True):
 
 # --- byte-level mutation -------------------------------------------------------------------------
 
+
 def _mutation(max_len):
     pos = st.integers(0, max_len)
     return st.one_of(
         st.tuples(st.just("flip"), pos, st.integers(1, 255)),
-        st.tuples(st.just("set"), pos, st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, ord("{"), ord("["), ord('"'),
-                                                           ord("-"), ord("9"), ord("."), ord("e")])),
+        st.tuples(
+            st.just("set"),
+            pos,
+            st.sampled_from(
+                [0, 1, 0x7F, 0x80, 0xFF, ord("{"), ord("["), ord('"'), ord("-"), ord("9"), ord("."), ord("e")]
+            ),
+        ),
         st.tuples(st.just("truncate"), pos),
         st.tuples(st.just("insert"), pos, st.binary(min_size=1, max_size=16)),
         st.tuples(st.just("delete"), pos, st.integers(1, 16)),
@@ -281,25 +302,36 @@ def mutate(data, ops):
         elif op == "set":
             data[args[0] % len(data)] = args[1]
         elif op == "truncate":
-            del data[args[0] % len(data):]
+            del data[args[0] % len(data) :]
         elif op == "insert":
-            data[args[0] % (len(data) + 1):args[0] % (len(data) + 1)] = args[1]
+            data[args[0] % (len(data) + 1) : args[0] % (len(data) + 1)] = args[1]
         elif op == "delete":
             start = args[0] % len(data)
-            del data[start:start + args[1]]
+            del data[start : start + args[1]]
         elif op == "copy":
             src, dst, n = args[0] % len(data), args[1] % len(data), args[2]
-            data[dst:dst + n] = data[src:src + n]
+            data[dst : dst + n] = data[src : src + n]
         elif op == "overwrite":
             start = args[0] % len(data)
-            data[start:start + len(args[1])] = args[1]
+            data[start : start + len(args[1])] = args[1]
     return bytes(data)
 
 
 # --- 1. raw bytes: sniff_format and load_checkpoint ----------------------------------------------
 
-MAGIC_PREFIXES = [b"", b"PK\x03\x04", b"PK\x05\x06", b"\x80\x02", b"\x80\x04\x95", b"\x80", b"{", b"\xef\xbb\xbf{",
-                  b' \n\t{"weight_map": ', b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.", b"\x00" * 8 + b"{"]
+MAGIC_PREFIXES = [
+    b"",
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"\x80\x02",
+    b"\x80\x04\x95",
+    b"\x80",
+    b"{",
+    b"\xef\xbb\xbf{",
+    b' \n\t{"weight_map": ',
+    b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.",
+    b"\x00" * 8 + b"{",
+]
 
 hostile_bytes = st.one_of(
     st.binary(max_size=64),
@@ -362,23 +394,31 @@ def test_bytes_with_safetensors_prefix(length_kind, n, rest):
 # --- 2. safetensors headers ----------------------------------------------------------------------
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
     st.sampled_from([0, 1, -1, 2**63, 2**64, 1e300, 0.5, 1.0, "F32", "", "0"]),
 )
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
-                                                                                               max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=12
+)
 DIMS = [0, 1, 2, 3, 4, 7, 8, 2**16, 2**31, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
 dims = st.sampled_from(DIMS) | st.integers(-3, 12)
 weird_shapes = st.one_of(
     st.lists(dims, max_size=6),
-    st.builds(lambda n, extra: [1] * n + extra, st.integers(30, 70), st.lists(st.sampled_from([0, 1, 2**40]),
-                                                                                max_size=2)),
-    st.builds(lambda big: [0] + big, st.lists(st.sampled_from([2**31, 2**40, 2**62, 2**63, 2**64, 10**30]),
-                                              min_size=1, max_size=3)),
+    st.builds(
+        lambda n, extra: [1] * n + extra, st.integers(30, 70), st.lists(st.sampled_from([0, 1, 2**40]), max_size=2)
+    ),
+    st.builds(
+        lambda big: [0] + big,
+        st.lists(st.sampled_from([2**31, 2**40, 2**62, 2**63, 2**64, 10**30]), min_size=1, max_size=3),
+    ),
 )
-dtype_names = st.sampled_from(sorted(SAFETENSORS_DTYPES) + ["F8_E4M3", "F8_E5M2", "C64", "f32", "float32", "BF16 ",
-                                                            "I4", "__proto__", ""])
+dtype_names = st.sampled_from(
+    sorted(SAFETENSORS_DTYPES) + ["F8_E4M3", "F8_E5M2", "C64", "f32", "float32", "BF16 ", "I4", "__proto__", ""]
+)
 NESTING = [1, 50, 1000, 5000, 100_000]
 
 
@@ -387,34 +427,69 @@ def _nested(depth, inner="1"):
 
 
 header_mutation = st.one_of(
-    st.tuples(st.just("field"), st.integers(0, 20), st.sampled_from(["dtype", "shape", "data_offsets", "extra"]),
-              json_values),
+    st.tuples(
+        st.just("field"), st.integers(0, 20), st.sampled_from(["dtype", "shape", "data_offsets", "extra"]), json_values
+    ),
     st.tuples(st.just("dtype"), st.integers(0, 20), dtype_names),
     st.tuples(st.just("shape"), st.integers(0, 20), weird_shapes),
     st.tuples(st.just("consistent_shape"), st.integers(0, 20), weird_shapes),
-    st.tuples(st.just("offsets"), st.integers(0, 20),
-              st.lists(st.sampled_from(DIMS + [-1, -2**63, 1.0, "0", None, 5, 13, 96]) | st.integers(-4, 200),
-                       max_size=3)),
+    st.tuples(
+        st.just("offsets"),
+        st.integers(0, 20),
+        st.lists(st.sampled_from(DIMS + [-1, -(2**63), 1.0, "0", None, 5, 13, 96]) | st.integers(-4, 200), max_size=3),
+    ),
     st.tuples(st.just("reverse_offsets"), st.integers(0, 20)),
     st.tuples(st.just("shift_offsets"), st.integers(0, 20), st.integers(-16, 16), st.booleans()),
     st.tuples(st.just("overlap"), st.integers(0, 20), st.integers(0, 20)),
     st.tuples(st.just("delete_field"), st.integers(0, 20), st.sampled_from(["dtype", "shape", "data_offsets"])),
     st.tuples(st.just("duplicate"), st.integers(0, 20)),
-    st.tuples(st.just("rename"), st.integers(0, 20),
-              st.text(max_size=8) | st.sampled_from(["", "__metadata__", "stem.0.weight", "\ud800", "a" * 300])),
+    st.tuples(
+        st.just("rename"),
+        st.integers(0, 20),
+        st.text(max_size=8) | st.sampled_from(["", "__metadata__", "stem.0.weight", "\ud800", "a" * 300]),
+    ),
     st.tuples(st.just("drop"), st.integers(0, 20)),
-    st.tuples(st.just("metadata"), st.one_of(
-        json_values, st.dictionaries(st.text(max_size=4), json_values, max_size=3),
-        st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3))),
+    st.tuples(
+        st.just("metadata"),
+        st.one_of(
+            json_values,
+            st.dictionaries(st.text(max_size=4), json_values, max_size=3),
+            st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3),
+        ),
+    ),
     st.tuples(st.just("duplicate_metadata")),
-    st.tuples(st.just("nest"), st.integers(0, 20), st.sampled_from(["dtype", "shape", "data_offsets", "__metadata__"]),
-              st.sampled_from(NESTING)),
+    st.tuples(
+        st.just("nest"),
+        st.integers(0, 20),
+        st.sampled_from(["dtype", "shape", "data_offsets", "__metadata__"]),
+        st.sampled_from(NESTING),
+    ),
     st.tuples(st.just("root"), json_values),
     st.tuples(st.just("data"), st.integers(-40, 40)),
     st.tuples(st.just("length"), st.sampled_from(["-1", "+1", "half", "zero", "max", "huge"])),
-    st.tuples(st.just("header_bytes"), st.integers(0, 10_000),
-              st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\0", b"   ", b"\\", b'"',
-                               b"}", b"{", b"]", b",", b"NaN", b"-Infinity", b"1e999"])),
+    st.tuples(
+        st.just("header_bytes"),
+        st.integers(0, 10_000),
+        st.sampled_from(
+            [
+                b"\xff",
+                b"\xc3",
+                b"\xed\xa0\x80",
+                b"\xef\xbb\xbf",
+                b"\0",
+                b"   ",
+                b"\\",
+                b'"',
+                b"}",
+                b"{",
+                b"]",
+                b",",
+                b"NaN",
+                b"-Infinity",
+                b"1e999",
+            ]
+        ),
+    ),
 )
 
 
@@ -438,7 +513,7 @@ def build_safetensors(tensors, ops):
             extra_pairs.append(("__metadata__", {"format": "np"}))
             continue
         if op == "data":
-            data = data[:len(data) + args[0]] if args[0] < 0 else data + bytes(range(args[0]))
+            data = data[: len(data) + args[0]] if args[0] < 0 else data + bytes(range(args[0]))
             continue
         if op == "length":
             length = args[0]
@@ -495,16 +570,20 @@ def build_safetensors(tensors, ops):
             else:
                 entry[field] = _nested(args[2])
     all_pairs = ([("__metadata__", metadata)] if metadata is not None else []) + pairs + extra_pairs
-    header = (_json(root_override) if root_override is not None
-              else "{" + ",".join(f"{json.dumps(k)}:{_json(v)}" for k, v in all_pairs) + "}")
+    header = (
+        _json(root_override)
+        if root_override is not None
+        else "{" + ",".join(f"{json.dumps(k)}:{_json(v)}" for k, v in all_pairs) + "}"
+    )
     header_bytes = header.encode("utf-8", "surrogatepass")
     for position, fragment in header_edits:
         position %= len(header_bytes) + 1
         header_bytes = header_bytes[:position] + fragment + header_bytes[position:]
     n = len(header_bytes)
     if length is not None:
-        n = {"-1": n - 1, "+1": n + 1, "half": n // 2, "zero": 0, "max": 2**64 - 1,
-             "huge": 100 * 1024 * 1024 + 1}[length]
+        n = {"-1": n - 1, "+1": n + 1, "half": n // 2, "zero": 0, "max": 2**64 - 1, "huge": 100 * 1024 * 1024 + 1}[
+            length
+        ]
     return safetensors_bytes(None, data, length=max(n, 0), header_bytes=header_bytes), tensors, not ops
 
 
@@ -512,10 +591,10 @@ def build_safetensors(tensors, ops):
 @given(st.lists(header_mutation, max_size=4), st.booleans())
 @example([], False)
 @example([], True)
-@example([("consistent_shape", 0, [0, 2**63])], False)         # zero elements, one dimension past numpy's limit
-@example([("consistent_shape", 0, [0, 2**40, 2**40])], True)   # zero elements, a size past numpy's limit
-@example([("consistent_shape", 0, [1] * 65)], False)           # more dimensions than numpy supports
-@example([("nest", 0, "shape", 100_000)], False)               # deeper JSON than Python's recursion limit
+@example([("consistent_shape", 0, [0, 2**63])], False)  # zero elements, one dimension past numpy's limit
+@example([("consistent_shape", 0, [0, 2**40, 2**40])], True)  # zero elements, a size past numpy's limit
+@example([("consistent_shape", 0, [1] * 65)], False)  # more dimensions than numpy supports
+@example([("nest", 0, "shape", 100_000)], False)  # deeper JSON than Python's recursion limit
 @example([("dtype", 0, "F32"), ("field", 0, "dtype", [])], False)  # an unhashable dtype
 def test_safetensors_header_mutations(ops, lazy):
     """JSON-level edits of a real header: dtypes, shapes, offsets, duplicates, metadata, nesting, lengths."""
@@ -560,8 +639,9 @@ def test_safetensors_consistent_files(specs, odd_shape, reverse, lazy):
         raw = (fill * (nbytes // max(len(fill), 1) + 1))[:nbytes] if fill else bytes(nbytes)
         tensors.append((key, dtype, tuple(shape), raw))
     pairs, data = layout_entries(tensors[::-1] if reverse else tensors)
-    ok, result = read_bytes("load_checkpoint(consistent safetensors)", safetensors_bytes(pairs, data),
-                            "model.safetensors", lazy)
+    ok, result = read_bytes(
+        "load_checkpoint(consistent safetensors)", safetensors_bytes(pairs, data), "model.safetensors", lazy
+    )
     if odd_shape is None or not tensors:
         assert ok is not False, result
     if ok:
@@ -574,8 +654,9 @@ def test_safetensors_consistent_files(specs, odd_shape, reverse, lazy):
 @given(mutations(len(small_safetensors()) + 8), st.booleans())
 def test_safetensors_byte_mutations(ops, lazy):
     """Bytes flipped, set, inserted, deleted, copied or cut anywhere in a real safetensors file."""
-    read_bytes("load_checkpoint(mutated safetensors bytes)", mutate(small_safetensors(), ops), "model.safetensors",
-               lazy)
+    read_bytes(
+        "load_checkpoint(mutated safetensors bytes)", mutate(small_safetensors(), ops), "model.safetensors", lazy
+    )
 
 
 @fuzz_settings(200)
@@ -623,8 +704,11 @@ def rezip(members):
 
 
 @fuzz_settings(300)
-@given(st.integers(0, 20), st.lists(_mutation(600), min_size=1, max_size=4),
-       st.sampled_from(["mutate", "drop", "duplicate", "rename"]))
+@given(
+    st.integers(0, 20),
+    st.lists(_mutation(600), min_size=1, max_size=4),
+    st.sampled_from(["mutate", "drop", "duplicate", "rename"]),
+)
 @example(0, [("flip", 0, 0)], "mutate")
 def test_torch_zip_member_mutations(which, ops, action):
     """A valid zip whose members (data.pkl, storages, version, byteorder...) are mutated, dropped or renamed.
@@ -657,19 +741,49 @@ def test_torch_legacy_pickle_byte_mutations(ops):
 
 # Pickle programs: values built from opcodes, with globals torch allows and globals it must refuse.
 GLOBALS = [
-    ("tests.test_fuzz", "_canary"), ("builtins", "getattr"), ("builtins", "print"), ("os", "getpid"),
-    ("builtins", "dict"), ("builtins", "set"), ("builtins", "bytearray"), ("copyreg", "_reconstructor"),
-    ("collections", "OrderedDict"), ("argparse", "Namespace"), ("torch", "Size"), ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_sparse_tensor"), ("torch._utils", "_rebuild_meta_tensor_no_storage"),
-    ("torch._utils", "_rebuild_qtensor"), ("torch._utils", "_rebuild_wrapper_subclass"),
-    ("torch._utils", "_rebuild_device_tensor_from_numpy"), ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"), ("torch", "float32"), ("torch", "FloatStorage"),
-    ("torch", "HalfStorage"), ("torch", "LongStorage"), ("torch", "BoolStorage"), ("torch", "BFloat16Storage"),
-    ("torch", "strided"), ("torch", "sparse_coo"), ("numpy.core.multiarray", "_reconstruct"), ("no.such", "x"),
+    ("tests.test_fuzz", "_canary"),
+    ("builtins", "getattr"),
+    ("builtins", "print"),
+    ("os", "getpid"),
+    ("builtins", "dict"),
+    ("builtins", "set"),
+    ("builtins", "bytearray"),
+    ("copyreg", "_reconstructor"),
+    ("collections", "OrderedDict"),
+    ("argparse", "Namespace"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_sparse_tensor"),
+    ("torch._utils", "_rebuild_meta_tensor_no_storage"),
+    ("torch._utils", "_rebuild_qtensor"),
+    ("torch._utils", "_rebuild_wrapper_subclass"),
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Tensor"),
+    ("torch", "float32"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "BoolStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "strided"),
+    ("torch", "sparse_coo"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("no.such", "x"),
 ]
-STORAGE_TYPES = ["FloatStorage", "HalfStorage", "LongStorage", "BoolStorage", "BFloat16Storage", "ByteStorage",
-                 "DoubleStorage", "QInt8Storage"]
+STORAGE_TYPES = [
+    "FloatStorage",
+    "HalfStorage",
+    "LongStorage",
+    "BoolStorage",
+    "BFloat16Storage",
+    "ByteStorage",
+    "DoubleStorage",
+    "QInt8Storage",
+]
 
 
 def _op_global(module, name):
@@ -684,7 +798,7 @@ def _op_str(s):
 def _op_int(i):
     if 0 <= i < 256:
         return b"K" + bytes([i])
-    if -2**31 <= i < 2**31:
+    if -(2**31) <= i < 2**31:
         return b"J" + struct.pack("<i", i)
     raw = i.to_bytes((i.bit_length() + 8) // 8, "little", signed=True)
     return b"\x8a" + bytes([len(raw)]) + raw
@@ -697,19 +811,39 @@ def _op_tuple(items):
 pickle_ints = st.sampled_from([0, 1, 2, 3, 4, 6, 24, -1, 2**31, 2**40, 2**62, 2**63, 2**64]) | st.integers(-5, 30)
 small_ints = st.integers(0, 16)
 storage_persid = st.builds(  # zip: (storage, type, key, location, numel); legacy: and a view_metadata
-    lambda storage, key, device, numel, legacy: _op_tuple(
-        [_op_str("storage"), _op_global("torch", storage), _op_str(key), _op_str(device), _op_int(numel)]
-        + [b"N"] * legacy) + b"Q",
-    st.sampled_from(STORAGE_TYPES), st.sampled_from(["0", "1", "2", "9", "../0", "", "data.pkl"]),
-    st.sampled_from(["cpu", "cuda", "meta", "cpu:0", "xla", "?"]), small_ints | pickle_ints, st.booleans(),
+    lambda storage, key, device, numel, legacy: (
+        _op_tuple(
+            [_op_str("storage"), _op_global("torch", storage), _op_str(key), _op_str(device), _op_int(numel)]
+            + [b"N"] * legacy
+        )
+        + b"Q"
+    ),
+    st.sampled_from(STORAGE_TYPES),
+    st.sampled_from(["0", "1", "2", "9", "../0", "", "data.pkl"]),
+    st.sampled_from(["cpu", "cuda", "meta", "cpu:0", "xla", "?"]),
+    small_ints | pickle_ints,
+    st.booleans(),
 )
 tensor_rebuild = st.builds(
     lambda persid, offset, size, stride, grad: (
         _op_global("torch._utils", "_rebuild_tensor_v2")
-        + _op_tuple([persid, _op_int(offset), _op_tuple(map(_op_int, size)), _op_tuple(map(_op_int, stride)),
-                     b"\x88" if grad else b"\x89", _op_global("collections", "OrderedDict") + b")R"]) + b"R"),
-    storage_persid, small_ints | pickle_ints, st.lists(small_ints | pickle_ints, max_size=4),
-    st.lists(small_ints | pickle_ints, max_size=4), st.booleans(),
+        + _op_tuple(
+            [
+                persid,
+                _op_int(offset),
+                _op_tuple(map(_op_int, size)),
+                _op_tuple(map(_op_int, stride)),
+                b"\x88" if grad else b"\x89",
+                _op_global("collections", "OrderedDict") + b")R",
+            ]
+        )
+        + b"R"
+    ),
+    storage_persid,
+    small_ints | pickle_ints,
+    st.lists(small_ints | pickle_ints, max_size=4),
+    st.lists(small_ints | pickle_ints, max_size=4),
+    st.booleans(),
 )
 pickle_leaves = st.one_of(
     st.sampled_from([b"N", b"\x88", b"\x89", b")", b"}", b"]"]),
@@ -729,33 +863,54 @@ def _pickle_containers(children):
         st.lists(children, max_size=4).map(_op_tuple),
         st.lists(children, max_size=4).map(lambda xs: b"](" + b"".join(xs) + b"e"),
         st.lists(st.tuples(keys | children, children), max_size=4).map(
-            lambda kv: b"}(" + b"".join(k + v for k, v in kv) + b"u"),
+            lambda kv: b"}(" + b"".join(k + v for k, v in kv) + b"u"
+        ),
         st.tuples(st.sampled_from(GLOBALS), st.lists(children, max_size=3)).map(
-            lambda t: _op_global(*t[0]) + _op_tuple(t[1]) + b"R"),
-        st.tuples(children, children).map(lambda t: t[0] + t[1] + b"b"),                  # BUILD
-        st.tuples(st.sampled_from(GLOBALS), st.lists(children, max_size=3)).map(       # NEWOBJ
-            lambda t: _op_global(*t[0]) + _op_tuple(t[1]) + b"\x81"),
+            lambda t: _op_global(*t[0]) + _op_tuple(t[1]) + b"R"
+        ),
+        st.tuples(children, children).map(lambda t: t[0] + t[1] + b"b"),  # BUILD
+        st.tuples(st.sampled_from(GLOBALS), st.lists(children, max_size=3)).map(  # NEWOBJ
+            lambda t: _op_global(*t[0]) + _op_tuple(t[1]) + b"\x81"
+        ),
         st.tuples(children, st.sampled_from([b"q\x00", b"h\x00", b"2", b"0", b"1", b"\x94", b"\x82\x01", b"("])).map(
-            lambda t: t[0] + t[1]),
+            lambda t: t[0] + t[1]
+        ),
         st.tuples(children, st.sampled_from([b"s", b"a", b"e", b"u", b"R", b"\x85", b"\x86", b"\x87", b"o"])).map(
-            lambda t: t[0] + t[1]),
+            lambda t: t[0] + t[1]
+        ),
     )
 
 
 pickle_values = st.recursive(pickle_leaves, _pickle_containers, max_leaves=12)
 # State-dict shaped programs ({key: tensor}, maybe under a wrapper), so that many get as far as the tensors.
 pickle_state_dicts = st.builds(
-    lambda items, wrapper: ((b"}(" + _op_str(wrapper) if wrapper else b"")
-                            + b"}(" + b"".join(_op_str(k) + v for k, v in items) + b"u" + (b"u" if wrapper else b"")),
-    st.lists(st.tuples(st.sampled_from(["stem.0.weight", "module.a", "_orig_mod.b", "epoch", "args", ""])
-                       | st.text(max_size=6), tensor_rebuild | pickle_values), max_size=3),
+    lambda items, wrapper: (
+        (b"}(" + _op_str(wrapper) if wrapper else b"")
+        + b"}("
+        + b"".join(_op_str(k) + v for k, v in items)
+        + b"u"
+        + (b"u" if wrapper else b"")
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["stem.0.weight", "module.a", "_orig_mod.b", "epoch", "args", ""]) | st.text(max_size=6),
+            tensor_rebuild | pickle_values,
+        ),
+        max_size=3,
+    ),
     st.sampled_from([None, "model", "state_dict", "model_ema", "optimizer"]),
 )
 pickle_programs = st.builds(
-    lambda protocol, value, canary: (b"\x80" + bytes([protocol])
-                                     + (_op_global("tests.test_fuzz", "_canary") + b")R0" if canary else b"")
-                                     + value + b"."),
-    st.sampled_from([2, 3, 4, 5, 0, 255]), pickle_state_dicts | pickle_values, st.booleans(),
+    lambda protocol, value, canary: (
+        b"\x80"
+        + bytes([protocol])
+        + (_op_global("tests.test_fuzz", "_canary") + b")R0" if canary else b"")
+        + value
+        + b"."
+    ),
+    st.sampled_from([2, 3, 4, 5, 0, 255]),
+    pickle_state_dicts | pickle_values,
+    st.booleans(),
 )
 
 
@@ -765,7 +920,7 @@ def legacy_prelude():
     f = io.BytesIO(small_torch_file(False))
     for _ in range(3):
         pickle.load(f)
-    return small_torch_file(False)[:f.tell()]
+    return small_torch_file(False)[: f.tell()]
 
 
 @fuzz_settings(400)
@@ -779,11 +934,23 @@ def test_generated_pickles_run_nothing(program, container, storage):
     if container == "bare":
         data = program
     elif container == "legacy":
-        data = (legacy_prelude() + program + pickle.dumps(["0"], protocol=2)
-                + struct.pack("<q", len(storage) // 4) + storage)
+        data = (
+            legacy_prelude()
+            + program
+            + pickle.dumps(["0"], protocol=2)
+            + struct.pack("<q", len(storage) // 4)
+            + storage
+        )
     else:
-        data = rezip([("archive/data.pkl", program), ("archive/byteorder", b"little"), ("archive/data/0", storage),
-                      ("archive/data/1", storage[:3]), ("archive/version", b"3\n")])
+        data = rezip(
+            [
+                ("archive/data.pkl", program),
+                ("archive/byteorder", b"little"),
+                ("archive/data/0", storage),
+                ("archive/data/1", storage[:3]),
+                ("archive/version", b"3\n"),
+            ]
+        )
     prop = f"load_checkpoint(generated pickle, {container})"
     read_bytes(prop, data, "model.pth")
     check_nothing_ran(prop)
@@ -817,8 +984,11 @@ TORCH_TENSORS = {
 
 
 @fuzz_settings(60, long_share=0.1)
-@given(st.lists(st.sampled_from(sorted(TORCH_TENSORS)), min_size=1, max_size=3, unique=True),
-       st.sampled_from([None, "model", "state_dict", "model_ema"]), st.booleans())
+@given(
+    st.lists(st.sampled_from(sorted(TORCH_TENSORS)), min_size=1, max_size=3, unique=True),
+    st.sampled_from([None, "model", "state_dict", "model_ema"]),
+    st.booleans(),
+)
 @example(["float32"], None, True)
 def test_torch_tensor_kinds(kinds, wrapper, zipped):
     """Every kind of tensor torch will save: read as a numpy array, or refused with a documented error."""
@@ -847,7 +1017,7 @@ def test_torch_tensor_kinds(kinds, wrapper, zipped):
 @example(1, [2**20, 2**20], [0, 0], 0)
 def test_torch_strided_views(storage_len, size, stride, offset):
     """Views with any size / stride / offset over a small storage: no more elements come back than were stored."""
-    stride = (stride + [1] * len(size))[:len(size)]
+    stride = (stride + [1] * len(size))[: len(size)]
     needed = 1 + offset + sum((d - 1) * s for d, s in zip(size, stride)) if all(size) else 0
     if needed > storage_len or math.prod(d for d in size if d) > 2**60:  # torch's own limits
         return
@@ -861,10 +1031,28 @@ def test_torch_strided_views(storage_len, size, stride, offset):
 
 # --- 4. sharded indexes and folders --------------------------------------------------------------
 
-SHARD_NAMES = ["a.safetensors", "b.bin", "bad.safetensors", "sub/c.safetensors", "model.safetensors.index.json",
-               "./a.safetensors", "sub/../a.safetensors", "../a.safetensors", "/etc/passwd", "", ".", "sub",
-               "a.safetensors/", "missing.safetensors", "sub//c.safetensors", "\x00", "a.safetensors\x00.txt",
-               "~/a.safetensors", "sub/../../a.safetensors", "sub/c.safetensors/.."]
+SHARD_NAMES = [
+    "a.safetensors",
+    "b.bin",
+    "bad.safetensors",
+    "sub/c.safetensors",
+    "model.safetensors.index.json",
+    "./a.safetensors",
+    "sub/../a.safetensors",
+    "../a.safetensors",
+    "/etc/passwd",
+    "",
+    ".",
+    "sub",
+    "a.safetensors/",
+    "missing.safetensors",
+    "sub//c.safetensors",
+    "\x00",
+    "a.safetensors\x00.txt",
+    "~/a.safetensors",
+    "sub/../../a.safetensors",
+    "sub/c.safetensors/..",
+]
 INDEX_KEYS = ["stem.0.weight", "stem.0.bias", "steps", "mask", "c", "nowhere", ""]
 
 
@@ -888,9 +1076,11 @@ def _write_shards(folder):
 
 # The keys of each shard _write_shards writes, and names that reach it from the index's folder.
 SHARD_KEYS = {"a.safetensors": ["stem.0.weight", "stem.0.bias"], "b.bin": ["steps", "mask"], "sub/c.safetensors": ["c"]}
-SHARD_ALIASES = {"a.safetensors": ["a.safetensors", "./a.safetensors", "sub/../a.safetensors"],
-                 "b.bin": ["b.bin", "./b.bin", "sub/.././b.bin"],
-                 "sub/c.safetensors": ["sub/c.safetensors", "sub//c.safetensors", "./sub/c.safetensors"]}
+SHARD_ALIASES = {
+    "a.safetensors": ["a.safetensors", "./a.safetensors", "sub/../a.safetensors"],
+    "b.bin": ["b.bin", "./b.bin", "sub/.././b.bin"],
+    "sub/c.safetensors": ["sub/c.safetensors", "sub//c.safetensors", "./sub/c.safetensors"],
+}
 
 
 def _weight_map(shards, extra):
@@ -901,16 +1091,19 @@ def _weight_map(shards, extra):
     return {**out, **extra}
 
 
-random_weight_maps = st.dictionaries(st.sampled_from(INDEX_KEYS) | st.text(max_size=6),
-                                     st.sampled_from(SHARD_NAMES) | json_scalars, max_size=4)
+random_weight_maps = st.dictionaries(
+    st.sampled_from(INDEX_KEYS) | st.text(max_size=6), st.sampled_from(SHARD_NAMES) | json_scalars, max_size=4
+)
 
 
 @fuzz_settings(200)
 @given(
     st.one_of(
-        st.builds(_weight_map, st.lists(st.tuples(st.sampled_from(sorted(SHARD_KEYS)), st.integers(0, 2)),
-                                        min_size=1, max_size=3),
-                  st.just({}) | random_weight_maps),
+        st.builds(
+            _weight_map,
+            st.lists(st.tuples(st.sampled_from(sorted(SHARD_KEYS)), st.integers(0, 2)), min_size=1, max_size=3),
+            st.just({}) | random_weight_maps,
+        ),
         random_weight_maps,
         json_values,
     ),
@@ -948,15 +1141,27 @@ def test_sharded_index(weight_map, form, depth, ops, lazy):
             assert result.keys() == weight_map.keys()
 
 
-FOLDER_ENTRIES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                  "pytorch_model.bin.index.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-                  "config.json", "README.md"]
+FOLDER_ENTRIES = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "config.json",
+    "README.md",
+]
 
 
 @fuzz_settings(100)
-@given(st.dictionaries(st.sampled_from(FOLDER_ENTRIES),
-                       st.sampled_from(["safetensors", "torch", "garbage", "empty", "folder", "index"]), max_size=4),
-       st.booleans())
+@given(
+    st.dictionaries(
+        st.sampled_from(FOLDER_ENTRIES),
+        st.sampled_from(["safetensors", "torch", "garbage", "empty", "folder", "index"]),
+        max_size=4,
+    ),
+    st.booleans(),
+)
 def test_model_folders(entries, lazy):
     """Hugging Face / timm model folders holding any mix of weight files, garbage, empty files and sub-folders."""
     with tempfile.TemporaryDirectory() as folder:
@@ -967,8 +1172,11 @@ def test_model_folders(entries, lazy):
                 os.mkdir(path)
                 continue
             content = {
-                "safetensors": small_safetensors(), "torch": small_torch_file(True), "garbage": b"\x01garbage",
-                "empty": b"", "index": json.dumps({"weight_map": {"c": "shards/sub/c.safetensors"}}).encode(),
+                "safetensors": small_safetensors(),
+                "torch": small_torch_file(True),
+                "garbage": b"\x01garbage",
+                "empty": b"",
+                "index": json.dumps({"weight_map": {"c": "shards/sub/c.safetensors"}}).encode(),
             }[kind]
             budget += len(content)
             with open(path, "wb") as f:
@@ -980,22 +1188,30 @@ def test_model_folders(entries, lazy):
 
 # --- 5. key mapping ------------------------------------------------------------------------------
 
+
 def timm_to_hf(state_dict):
     """timm keys -> transformers `ConvNextForImageClassification` keys (the inverse of layouts._hf_key)."""
-    parts = (("conv_dw", "dwconv"), ("norm", "layernorm"), ("mlp.fc1", "pwconv1"), ("mlp.fc2", "pwconv2"),
-             ("mlp.grn", "grn"), ("gamma", "layer_scale_parameter"))
+    parts = (
+        ("conv_dw", "dwconv"),
+        ("norm", "layernorm"),
+        ("mlp.fc1", "pwconv1"),
+        ("mlp.fc2", "pwconv2"),
+        ("mlp.grn", "grn"),
+        ("gamma", "layer_scale_parameter"),
+    )
     out = {}
     for key, value in state_dict.items():
         if key.startswith("stem."):
             name = key.replace("stem.0.", "convnext.embeddings.patch_embeddings.").replace(
-                "stem.1.", "convnext.embeddings.layernorm.")
+                "stem.1.", "convnext.embeddings.layernorm."
+            )
         elif m := re.match(r"stages\.(\d+)\.downsample\.(.*)", key):
             name = f"convnext.encoder.stages.{m[1]}.downsampling_layer.{m[2]}"
         elif m := re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", key):
             rest = m[3]
             for timm_part, hf_part in parts:
                 if rest == timm_part or rest.startswith(timm_part + "."):
-                    rest = hf_part + rest[len(timm_part):]
+                    rest = hf_part + rest[len(timm_part) :]
                     break
             name = f"convnext.encoder.stages.{m[1]}.layers.{m[2]}.{rest}"
         else:
@@ -1026,11 +1242,56 @@ def real_state_dicts():
 
 
 KEY_FRAGMENTS = [
-    "stem", "stages", "blocks", "downsample", "downsample_layers", "head", "fc", "norm", "norm_pre", "pre_logits",
-    "conv_dw", "dwconv", "pwconv1", "pwconv2", "mlp", "fc1", "fc2", "grn", "gamma", "beta", "weight", "bias",
-    "convnext", "convnextv2", "embeddings", "patch_embeddings", "layernorm", "encoder", "layers",
-    "layer_scale_parameter", "downsampling_layer", "classifier", "hidden_states_norms", "visual", "trunk", "proj",
-    "module", "_orig_mod", "projectors", "norms", "0", "1", "2", "3", "4", "5", "99", "-1", "", "x",
+    "stem",
+    "stages",
+    "blocks",
+    "downsample",
+    "downsample_layers",
+    "head",
+    "fc",
+    "norm",
+    "norm_pre",
+    "pre_logits",
+    "conv_dw",
+    "dwconv",
+    "pwconv1",
+    "pwconv2",
+    "mlp",
+    "fc1",
+    "fc2",
+    "grn",
+    "gamma",
+    "beta",
+    "weight",
+    "bias",
+    "convnext",
+    "convnextv2",
+    "embeddings",
+    "patch_embeddings",
+    "layernorm",
+    "encoder",
+    "layers",
+    "layer_scale_parameter",
+    "downsampling_layer",
+    "classifier",
+    "hidden_states_norms",
+    "visual",
+    "trunk",
+    "proj",
+    "module",
+    "_orig_mod",
+    "projectors",
+    "norms",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "99",
+    "-1",
+    "",
+    "x",
 ]
 random_keys = st.one_of(
     st.lists(st.sampled_from(KEY_FRAGMENTS), min_size=1, max_size=7).map(".".join),
@@ -1059,13 +1320,24 @@ def _array(dtype, shape, fill):
     return np.broadcast_to(value, _clamp(shape))
 
 
-arrays = st.builds(_array, st.sampled_from(ARRAY_DTYPES), shapes,
-                   st.sampled_from([0.0, 1.0, -1.0, float("nan"), float("inf"), 1e30]))
+arrays = st.builds(
+    _array, st.sampled_from(ARRAY_DTYPES), shapes, st.sampled_from([0.0, 1.0, -1.0, float("nan"), float("inf"), 1e30])
+)
 
 # Keys whose shapes the mapping reads, for the "keyshape" mutation.
-NAMED_KEYS = ["head.fc.weight", "head.fc.bias", "visual.head.proj.weight", "stem.0.weight", "stem.1.weight",
-              "stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.0.mlp.fc1.weight", "head.pre_logits.fc.weight",
-              "stages.0.blocks.0.mlp.grn.weight", "stages.0.0.grn.gamma", "norm_pre.weight"]
+NAMED_KEYS = [
+    "head.fc.weight",
+    "head.fc.bias",
+    "visual.head.proj.weight",
+    "stem.0.weight",
+    "stem.1.weight",
+    "stages.0.blocks.0.conv_dw.weight",
+    "stages.0.blocks.0.mlp.fc1.weight",
+    "head.pre_logits.fc.weight",
+    "stages.0.blocks.0.mlp.grn.weight",
+    "stages.0.0.grn.gamma",
+    "norm_pre.weight",
+]
 dict_mutation = st.one_of(
     st.tuples(st.just("drop"), st.integers(0, 500)),
     st.tuples(st.just("add"), random_keys, arrays),
@@ -1119,11 +1391,14 @@ def mutate_state_dict(base, ops):
                 shape[args[1] % len(shape)] = args[2]
             sd[key] = np.broadcast_to(np.zeros((), np.asarray(value).dtype), _clamp(shape))
         elif op == "rank":
-            shape = shape[:len(shape) + args[1]] if args[1] < 0 else [1] * args[1] + shape
+            shape = shape[: len(shape) + args[1]] if args[1] < 0 else [1] * args[1] + shape
             sd[key] = np.broadcast_to(np.zeros((), np.asarray(value).dtype), _clamp(shape))
         elif op == "dtype":
-            sd[key] = np.asarray(value).astype(args[1]) if np.size(value) <= 4096 else np.broadcast_to(
-                np.zeros((), args[1]), np.shape(value))
+            sd[key] = (
+                np.asarray(value).astype(args[1])
+                if np.size(value) <= 4096
+                else np.broadcast_to(np.zeros((), args[1]), np.shape(value))
+            )
         elif op == "scalar":
             sd[key] = np.zeros((), np.float32)
     return sd
@@ -1180,8 +1455,10 @@ def test_key_mapping(spec, arch):
 )
 @example(("timm", []), None)
 @example(("official v2 4-d", []), "convnextv2_atto")
-@example(("timm", [("keyshape", 0, "head.fc.weight", [2**40, 320]), ("keyshape", 0, "head.fc.bias", [2**40])]),
-         "convnext_atto")  # a classifier declaring 2**40 classes
+@example(
+    ("timm", [("keyshape", 0, "head.fc.weight", [2**40, 320]), ("keyshape", 0, "head.fc.bias", [2**40])]),
+    "convnext_atto",
+)  # a classifier declaring 2**40 classes
 def test_convert(spec, arch):
     """`convert` on near-valid state dicts in every layout: a Keras model, or a documented error."""
     from converters import convert
@@ -1194,6 +1471,7 @@ def test_convert(spec, arch):
 
 
 # --- sanity: the generators start from real, readable checkpoints --------------------------------
+
 
 def test_bases_are_valid(tmp_path):
     """The unmutated inputs read and convert exactly, so that the mutations start from the real thing."""

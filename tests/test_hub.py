@@ -3,6 +3,7 @@
 timm checkpoints are random (every parameter), uploaded as `timm/<tag>` repos with
 `model.safetensors` and a timm-style `config.json`.
 """
+
 import json
 import logging
 import os
@@ -24,8 +25,10 @@ from converters.publish import publish
 from converters.version import CONVERTER_VERSION
 from convnext_hub.hub import Cache, CacheNotWritableError, WeightsUnavailableError, load_pretrained
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key
-from tests.checkpoint_factory import save_pth
-from tests.checkpoint_factory import checkpoint  # noqa: F401  (fixture)
+from tests.checkpoint_factory import (
+    checkpoint,  # noqa: F401  (fixture)
+    save_pth,
+)
 from tests.hub_server import fast_retries, local_hub, set_offline, upload_timm_checkpoint  # noqa: F401
 from tests.timm_comparison import assert_close as shared_assert_close
 
@@ -82,8 +85,13 @@ def gets(hub, filename="model.safetensors"):
 def run_python(script, *args, timeout=240, backend=None):
     """Run `script` in a fresh interpreter (environment inherited: HF_ENDPOINT etc.), on `backend` if given."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **({"KERAS_BACKEND": backend} if backend else {})}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------- download, convert, cache
@@ -109,8 +117,9 @@ def test_first_download_matches_timm_and_fills_cache(local_hub, checkpoint, cach
     assert "licensed apache-2.0" in caplog.text
 
 
-def test_first_load_returns_the_conversions_model_filled_once_from_the_new_entry(local_hub, checkpoint, cache_dir,
-                                                                                  tmp_path, monkeypatch):
+def test_first_load_returns_the_conversions_model_filled_once_from_the_new_entry(
+    local_hub, checkpoint, cache_dir, tmp_path, monkeypatch
+):
     """The conversion's model (a shell) is the one returned, filled once from the new entry (its mapped
     pages, see test_cache_integrity), through no other load: equal to timm and complete, it saves and
     reloads as `.keras` and trains; other arguments still get a model of their own."""
@@ -125,6 +134,7 @@ def test_first_load_returns_the_conversions_model_filled_once_from_the_new_entry
         def reading(*args, **kwargs):
             reads.append(args)
             return read(*args, **kwargs)
+
         return reading
 
     monkeypatch.setattr(timm_hub, "fill_shell", counted(real_fill))
@@ -271,7 +281,10 @@ def test_cached_load_reads_no_source_and_needs_no_torch(local_hub, checkpoint, c
         second = load_pretrained("convnext_atto", cache_dir=cache)
         np.save(sys.argv[4], np.asarray(second(images)))
         """,
-        tmp_path / "images.npy", cache_dir, tmp_path / "first.npy", tmp_path / "second.npy",
+        tmp_path / "images.npy",
+        cache_dir,
+        tmp_path / "first.npy",
+        tmp_path / "second.npy",
         backend="jax" if keras.backend.backend() == "torch" else None,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -390,9 +403,15 @@ def test_new_num_classes_keeps_backbone_and_logs_fresh_head(local_hub, checkpoin
             np.testing.assert_array_equal(weight.numpy(), stored[weight.path])
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(include_top=False), dict(num_classes=0), dict(features_only=True, out_indices=(1, 3)),
-], ids=["include_top=False", "num_classes=0", "features_only"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(include_top=False),
+        dict(num_classes=0),
+        dict(features_only=True, out_indices=(1, 3)),
+    ],
+    ids=["include_top=False", "num_classes=0", "features_only"],
+)
 def test_backbone_only(local_hub, checkpoint, cache_dir, kwargs):
     timm_model, weights = checkpoint("convnext_atto")
     upload(local_hub, ATTO, weights)
@@ -426,7 +445,7 @@ def test_corrupt_cache_entry_is_rebuilt(local_hub, checkpoint, cache_dir, caplog
     load_pretrained(ATTO, cache_dir=cache_dir)
     [entry] = entries(cache_dir)
     data = bytearray((entry / WEIGHTS_FILE).read_bytes())
-    data[len(data) // 2: len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 8])
+    data[len(data) // 2 : len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 8])
     (entry / WEIGHTS_FILE).write_bytes(data)
     model = load_pretrained(ATTO, cache_dir=cache_dir)
     assert "corrupt cache entry" in caplog.text
@@ -455,6 +474,7 @@ def test_racing_writers_without_locks_leave_one_whole_entry(tmp_path, monkeypatc
             (folder / WEIGHTS_FILE).write_bytes(content)
             digest.update(content)
             return meta
+
         return write
 
     def slow_convert(folder, digest):  # another "process" stores the same key while this one converts
@@ -520,9 +540,20 @@ def test_two_processes_convert_once(local_hub, checkpoint, cache_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, tmp_path / "images.npy", cache_dir, tmp_path / f"out{i}.npy",
-             tmp_path / f"ready{i}", tmp_path / "go"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                script,
+                tmp_path / "images.npy",
+                cache_dir,
+                tmp_path / f"out{i}.npy",
+                tmp_path / f"ready{i}",
+                tmp_path / "go",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

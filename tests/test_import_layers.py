@@ -19,6 +19,7 @@ Rules, checked for every `.py` file of `checkpoints/`, `convnext_hub/` and `conv
 `from convnext_hub import name` of a name the facade only provides lazily counts as an
 import of the highest layer (it runs the facade's `__getattr__`).
 """
+
 import ast
 import fnmatch
 import sys
@@ -32,23 +33,52 @@ PACKAGES = ("checkpoints", "convnext_hub", "converters")
 # Layer number -> (name, module patterns). Lowest first; a pattern ending in ".*" covers a package's modules.
 LAYERS = {
     0: ("data", ["checkpoints", "checkpoints.*"]),
-    1: ("model core", [
-        "convnext_hub.layers", "convnext_hub.variants", "convnext_hub.model", "convnext_hub.fast_path",
-        "convnext_hub.families", "convnext_hub.weights_io", "convnext_hub.preprocessing", "convnext_hub.labels",
-        "convnext_hub.finetune", "convnext_hub.version", "convnext_hub.saved_folder",
-        "convnext_hub.cache_root", "convnext_hub.compiled_forward",
-    ]),
-    2: ("converter library", [
-        "converters", "converters.errors", "converters.version", "converters.readers", "converters.writers",
-        "converters.layouts", "converters.mapping", "converters.conversion", "converters.randomize",
-        "converters.verification",
-    ]),
+    1: (
+        "model core",
+        [
+            "convnext_hub.layers",
+            "convnext_hub.variants",
+            "convnext_hub.model",
+            "convnext_hub.fast_path",
+            "convnext_hub.families",
+            "convnext_hub.weights_io",
+            "convnext_hub.preprocessing",
+            "convnext_hub.labels",
+            "convnext_hub.finetune",
+            "convnext_hub.version",
+            "convnext_hub.saved_folder",
+            "convnext_hub.cache_root",
+            "convnext_hub.compiled_forward",
+        ],
+    ),
+    2: (
+        "converter library",
+        [
+            "converters",
+            "converters.errors",
+            "converters.version",
+            "converters.readers",
+            "converters.writers",
+            "converters.layouts",
+            "converters.mapping",
+            "converters.conversion",
+            "converters.randomize",
+            "converters.verification",
+        ],
+    ),
     3: ("hub", ["convnext_hub.hub", "convnext_hub.hub.*"]),
-    4: ("tools", [
-        "converters.timm_to_keras", "converters.publish", "converters.cli", "converters.model_card", "convnext_hub.export",
-        "convnext_hub.keras_hub",
-        "convnext_hub.keras_hub.*",
-    ]),
+    4: (
+        "tools",
+        [
+            "converters.timm_to_keras",
+            "converters.publish",
+            "converters.cli",
+            "converters.model_card",
+            "convnext_hub.export",
+            "convnext_hub.keras_hub",
+            "convnext_hub.keras_hub.*",
+        ],
+    ),
 }
 # Package facades: module -> (its layer, the highest layer its PEP 562 `__getattr__` loads on first use).
 # Eager imports obey the first; a name the facade provides only lazily counts as the second for its importers.
@@ -64,8 +94,21 @@ FACADES = {
 FRAMEWORK_ORDER_ENTRY_POINTS = {"converters.timm_to_keras", "converters.publish"}
 # Top-level packages a function may import lazily: optional or heavy dependencies (frameworks, exporters).
 LAZY_ALLOWED = {
-    "torch", "torchvision", "timm", "tensorflow", "jax", "jaxlib", "keras_hub", "transformers",
-    "onnx", "onnxruntime", "tf2onnx", "jax2onnx", "openvino", "ai_edge_litert", "tflite_runtime",
+    "torch",
+    "torchvision",
+    "timm",
+    "tensorflow",
+    "jax",
+    "jaxlib",
+    "keras_hub",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "tf2onnx",
+    "jax2onnx",
+    "openvino",
+    "ai_edge_litert",
+    "tflite_runtime",
     "keras",  # imports its backend (TensorFlow: seconds), after torch where both are needed
     "importlib",  # only reachable in a facade's `__getattr__` (rule 3 checks what it loads)
 }
@@ -92,7 +135,9 @@ def layer_of(module):
     if module in FACADES:
         return FACADES[module][0]
     matches = [n for n, (_, patterns) in LAYERS.items() for p in patterns if fnmatch.fnmatchcase(module, p)]
-    return max(matches) if matches else None  # "convnext_hub.hub.*" inside "convnext_hub.*" would take the more specific
+    return (
+        max(matches) if matches else None
+    )  # "convnext_hub.hub.*" inside "convnext_hub.*" would take the more specific
 
 
 def _is_package(module):
@@ -180,7 +225,8 @@ def imports_of(module, source=None):
 def _is_import_module_call(call):
     f = call.func
     return (isinstance(f, ast.Attribute) and f.attr == "import_module") or (
-        isinstance(f, ast.Name) and f.id in ("import_module", "__import__"))
+        isinstance(f, ast.Name) and f.id in ("import_module", "__import__")
+    )
 
 
 def _constant_import_target(module, call):
@@ -220,8 +266,9 @@ def test_imports_point_down_the_layers():
         elif mine is not None and theirs > mine:
             lazy = imp.target in FACADES and imp.name and theirs != layer_of(imp.target)
             what = imp.target + (f" ({imp.name!r}, loaded lazily by the facade)" if lazy else "")
-            violations.append(f"{imp.where}: {imp.importer} ({LAYERS[mine][0]}) imports {what} "
-                              f"({LAYERS[theirs][0]}), a higher layer")
+            violations.append(
+                f"{imp.where}: {imp.importer} ({LAYERS[mine][0]}) imports {what} ({LAYERS[theirs][0]}), a higher layer"
+            )
     assert not violations, "imports against the layers:\n" + "\n".join(violations)
 
 
@@ -230,20 +277,26 @@ def test_project_modules_are_imported_at_module_level():
         f"{imp.where}: imports {imp.target}{'.' + imp.name if imp.name else ''} inside a function "
         f"(move it to the top of the module)"
         for imp in ALL_IMPORTS
-        if imp.function and (imp.project or imp.target == "<dynamic>") and not _in_facade_getattr(imp)
+        if imp.function
+        and (imp.project or imp.target == "<dynamic>")
+        and not _in_facade_getattr(imp)
         and imp.importer not in FRAMEWORK_ORDER_ENTRY_POINTS
     ]
     assert not violations, "function-level imports of project modules:\n" + "\n".join(violations)
 
 
 def test_function_level_imports_are_optional_heavy_dependencies():
-    violations = sorted({
-        f"{imp.where}: imports {imp.target} inside a function ({imp.target.split('.')[0]} is not in LAZY_ALLOWED: "
-        f"import it at module level, or add it there if it is an optional heavy dependency)"
-        for imp in ALL_IMPORTS
-        if imp.function and not imp.project and imp.target != "<dynamic>"
-        and imp.target.split(".")[0] not in LAZY_ALLOWED
-    })
+    violations = sorted(
+        {
+            f"{imp.where}: imports {imp.target} inside a function ({imp.target.split('.')[0]} is not in LAZY_ALLOWED: "
+            f"import it at module level, or add it there if it is an optional heavy dependency)"
+            for imp in ALL_IMPORTS
+            if imp.function
+            and not imp.project
+            and imp.target != "<dynamic>"
+            and imp.target.split(".")[0] not in LAZY_ALLOWED
+        }
+    )
     assert not violations, "function-level imports of light or required packages:\n" + "\n".join(violations)
 
 
@@ -252,7 +305,8 @@ def test_facades_declare_what_they_load_lazily():
         loaded = [i for i in ALL_IMPORTS if i.importer == facade and i.function == "__getattr__" and i.project]
         for imp in loaded:
             assert layer_of(imp.target) <= lazy_layer, (
-                f"{imp.where}: loads {imp.target} (layer {layer_of(imp.target)}); FACADES says {lazy_layer}")
+                f"{imp.where}: loads {imp.target} (layer {layer_of(imp.target)}); FACADES says {lazy_layer}"
+            )
 
 
 def test_no_import_cycles():
@@ -266,7 +320,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"

@@ -1,4 +1,5 @@
 """`pretrained=` on `.keras` files: code in the file is refused and never run."""
+
 import json
 import zipfile
 

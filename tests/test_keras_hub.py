@@ -1,8 +1,9 @@
 """ConvNeXt in keras-hub's API: equal to timm, presets that keras-hub loads, keras-hub's conventions.
 
-Every timm parameter is randomized before converting (timm initialises layer scale to 1e-6 and GRN to zero, which hides mapping bugs), so a
-wrong layer name, head order or layout cannot hide behind an init value.
+Every timm parameter is randomized before converting (timm initialises layer scale to 1e-6 and GRN
+to zero, which hides mapping bugs), so a wrong layer name, head order or layout cannot hide behind an init value.
 """
+
 import inspect
 import json
 import subprocess
@@ -11,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import skimage.data
@@ -19,7 +21,6 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import checkpoints
-import keras_hub
 from converters import convert, load_timm_state_dict
 from converters.randomize import randomize_
 from converters.verification import Comparison, timm_outputs
@@ -40,12 +41,22 @@ from tests.hub_server import local_hub  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPRESENTATIVE = [
-    "convnext_atto", "convnextv2_atto", "convnext_atto_ols", "convnext_atto_rms", "convnext_tiny_hnf",
+    "convnext_atto",
+    "convnextv2_atto",
+    "convnext_atto_ols",
+    "convnext_atto_rms",
+    "convnext_tiny_hnf",
     "convnext_large_mlp",
 ]
 PRESET_FILES = {
-    "config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5", "preprocessor.json",
-    "image_converter.json", "README.md",
+    "config.json",
+    "metadata.json",
+    "model.weights.h5",
+    "task.json",
+    "task.weights.h5",
+    "preprocessor.json",
+    "image_converter.json",
+    "README.md",
 }
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 # Preprocessed images against timm's PIL transform, normalized units: Keras' float resize
@@ -92,8 +103,9 @@ def _random_classifier(arch="convnext_atto", num_classes=17, seed=1, pretrained_
 
 
 def _run_python(script):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
 
 
 # --------------------------------------------------------------------------- equal to timm
@@ -111,12 +123,32 @@ def test_custom_geometry_equals_timm():
     """A geometry no timm architecture has: GRN, layer scale, simplenorm, overlap_act stem, 5x5 kernels, hnf."""
     from timm.models.convnext import ConvNeXt as TimmConvNeXt
 
-    geometry = dict(depths=(1, 2, 1, 1), dims=(16, 24, 32, 48), use_grn=True, layer_scale_init_value=0.5,
-                    stem_type="overlap_act", norm="simplenorm", kernel_size=5, head_norm_first=True, conv_mlp=True)
-    reference = randomize_(TimmConvNeXt(
-        num_classes=6, depths=geometry["depths"], dims=geometry["dims"], use_grn=True, ls_init_value=0.5,
-        stem_type="overlap_act", norm_layer="simplenorm", kernel_sizes=5, head_norm_first=True, conv_mlp=True,
-    ), 3).eval()
+    geometry = dict(
+        depths=(1, 2, 1, 1),
+        dims=(16, 24, 32, 48),
+        use_grn=True,
+        layer_scale_init_value=0.5,
+        stem_type="overlap_act",
+        norm="simplenorm",
+        kernel_size=5,
+        head_norm_first=True,
+        conv_mlp=True,
+    )
+    reference = randomize_(
+        TimmConvNeXt(
+            num_classes=6,
+            depths=geometry["depths"],
+            dims=geometry["dims"],
+            use_grn=True,
+            ls_init_value=0.5,
+            stem_type="overlap_act",
+            norm_layer="simplenorm",
+            kernel_sizes=5,
+            head_norm_first=True,
+            conv_mlp=True,
+        ),
+        3,
+    ).eval()
     model = load_timm_state_dict(ConvNeXt(num_classes=6, **geometry), state_dict_numpy(reference))
     task = from_model(model)
     assert task.backbone.architecture is None and task.backbone.kernel_size == 5
@@ -127,6 +159,7 @@ def test_custom_geometry_equals_timm():
 @pytest.mark.parametrize("arch", ARCHITECTURES)  # shapes only: the biggest take a second
 def test_every_architecture_has_convnext_weights(arch):
     """The keras-hub task of every architecture holds exactly ConvNeXt's weights: names and shapes."""
+
     def named_shapes(layers):
         return {(layer.name, i): tuple(w.shape) for layer in layers for i, w in enumerate(layer.weights)}
 
@@ -135,8 +168,11 @@ def test_every_architecture_has_convnext_weights(arch):
         config = {k: v for k, v in ARCHITECTURES[arch].items() if k not in ("head_norm_first", "head_hidden_size")}
         backbone = ConvNeXtBackbone(**config, architecture=arch)
         task = ConvNeXtImageClassifier(
-            backbone, 11, head_norm_first=ARCHITECTURES[arch]["head_norm_first"],
-            head_hidden_size=ARCHITECTURES[arch]["head_hidden_size"], compile=False,
+            backbone,
+            11,
+            head_norm_first=ARCHITECTURES[arch]["head_norm_first"],
+            head_hidden_size=ARCHITECTURES[arch]["head_hidden_size"],
+            compile=False,
         )
     task_layers = [layer for layer in task.layers if layer is not backbone] + list(backbone.layers)
     assert named_shapes(task_layers) == named_shapes(model.layers)
@@ -208,15 +244,25 @@ def test_converter_from_pretrained_cfg():
 def _preset_task(tmp_path):
     cfg = {**CENTER_CFG, "input_size": [3, 96, 96]}
     task, reference = _random_classifier(pretrained_cfg=cfg)
-    folder = write_preset(task, tmp_path / "preset", card={
-        "repo_id": "org/atto-kh", "equivalence": {"tolerance": 1e-5, "input_shape": [2, 96, 96, 3],
-                                                   "outputs": {"logits": {"max_abs_diff": 1.5e-6, "max_abs_ref": 3.0}}}})
+    folder = write_preset(
+        task,
+        tmp_path / "preset",
+        card={
+            "repo_id": "org/atto-kh",
+            "equivalence": {
+                "tolerance": 1e-5,
+                "input_shape": [2, 96, 96, 3],
+                "outputs": {"logits": {"max_abs_diff": 1.5e-6, "max_abs_ref": 3.0}},
+            },
+        },
+    )
     return task, reference, folder
 
 
 def _assert_same_task(loaded, task, photo):
-    assert type(loaded) is ConvNeXtImageClassifier and isinstance(loaded.preprocessor.image_converter,
-                                                                   ConvNeXtImageConverter)
+    assert type(loaded) is ConvNeXtImageClassifier and isinstance(
+        loaded.preprocessor.image_converter, ConvNeXtImageConverter
+    )
     x = _images(64, 72)
     np.testing.assert_array_equal(_numpy(loaded(x)), _numpy(task(x)))
     np.testing.assert_array_equal(loaded.predict(photo[None], verbose=0), task.predict(photo[None], verbose=0))
@@ -267,7 +313,9 @@ def test_timm_repos_need_from_timm(local_hub, tmp_path, monkeypatch):  # noqa: F
     reference = random_timm_model("convnext_atto", seed=4)
     weights = save_safetensors(reference.state_dict(), tmp_path / "model.safetensors")
     config = {"architecture": "convnext_atto", "num_classes": 1000, "pretrained_cfg": CENTER_CFG}
-    local_hub.add_commit("timm/convnext_atto.d2_in1k", {"model.safetensors": weights, "config.json": json.dumps(config)})
+    local_hub.add_commit(
+        "timm/convnext_atto.d2_in1k", {"model.safetensors": weights, "config.json": json.dumps(config)}
+    )
     with pytest.raises(ValueError, match="no converter for timm models"):
         keras_hub.models.ImageClassifier.from_preset("hf://timm/convnext_atto.d2_in1k")
 
@@ -284,7 +332,10 @@ def test_from_timm_local_file_keeps_head_norm_with_new_classes(tmp_path):
     path = save_safetensors(reference.state_dict(), tmp_path / "large_mlp.safetensors")
     task = from_timm(str(path), num_classes=3)
     assert task.num_classes == 3 and task.head_hidden_size == 1536
-    for layer, index, key in (("head_norm", 0, "head.norm.weight"), ("head_pre_logits_fc", 1, "head.pre_logits.fc.bias")):
+    for layer, index, key in (
+        ("head_norm", 0, "head.norm.weight"),
+        ("head_pre_logits_fc", 1, "head.pre_logits.fc.bias"),
+    ):
         np.testing.assert_array_equal(_numpy(task.get_layer(layer).weights[index]), reference.state_dict()[key].numpy())
 
 
@@ -298,9 +349,16 @@ def test_config_is_the_constructor_arguments():
     rebuilt = ConvNeXtBackbone.from_config(backbone.get_config())
     assert rebuilt.get_config() == backbone.get_config()
 
-    task = ConvNeXtImageClassifier(backbone, 4, head_hidden_size=12, activation="softmax", dropout=0.1,
-                                   preprocessor=ConvNeXtImageClassifierPreprocessor(
-                                       ConvNeXtImageConverter.from_pretrained_cfg(CENTER_CFG, input_size=64)))
+    task = ConvNeXtImageClassifier(
+        backbone,
+        4,
+        head_hidden_size=12,
+        activation="softmax",
+        dropout=0.1,
+        preprocessor=ConvNeXtImageClassifierPreprocessor(
+            ConvNeXtImageConverter.from_pretrained_cfg(CENTER_CFG, input_size=64)
+        ),
+    )
     params = set(inspect.signature(ConvNeXtImageClassifier.__init__).parameters) - {"self", "kwargs"}
     assert set(task.get_config()) == params | {"name"}
     rebuilt = ConvNeXtImageClassifier.from_config(task.get_config())
@@ -330,7 +388,7 @@ def test_keras_file_save_and_load_safe_mode(tmp_path):
 def test_fit_lowers_the_loss():
     rng = np.random.RandomState(0)
     labels = rng.randint(0, 2, 32)
-    images = (rng.standard_normal((32, 32, 32, 3)) * 0.3 + np.where(labels, 1.0, -1.0)[:, None, None, None])
+    images = rng.standard_normal((32, 32, 32, 3)) * 0.3 + np.where(labels, 1.0, -1.0)[:, None, None, None]
     backbone = ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), drop_path_rate=0.1)
     task = ConvNeXtImageClassifier(backbone, 2, dropout=0.1)
     task.compile(optimizer=keras.optimizers.Adam(3e-3))
@@ -343,38 +401,49 @@ def test_fit_lowers_the_loss():
 def test_backbone_is_a_deeplab_v3_image_encoder():
     backbone = ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), image_shape=(64, 64, 3))
     deeplab = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=backbone, low_level_feature_key="P2", spatial_pyramid_pooling_key="P5",
-        upsampling_size=8, dilation_rates=[1, 2], image_shape=(64, 64, 3),
+        image_encoder=backbone,
+        low_level_feature_key="P2",
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[1, 2],
+        image_shape=(64, 64, 3),
     )
     segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=3)
     assert _numpy(segmenter(_images(64, 64))).shape == (2, 64, 64, 3)
 
 
-@pytest.mark.parametrize("make, argument", [
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1), dims=(8, 16, 24, 32)), "depths"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 0, 32)), "dims"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_size=4), "kernel_size"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), drop_path_rate=1.0), "drop_path_rate"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), image_shape=(16, 16, 3)), "input_shape"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), stem_type="conv"), "stem_type"),
-    (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), norm="batchnorm"), "norm"),
-    (lambda: ConvNeXtImageConverter(image_size=(64, 64), crop_pct=0), "crop_pct"),
-    (lambda: ConvNeXtImageConverter(crop_pct=0.9), "crop_pct"),
-    (lambda: ConvNeXtImageConverter(image_size=(64, 64), crop_mode="border"), "crop_mode"),
-    (lambda: ConvNeXtImageConverter(image_size=(64, 64), interpolation="area"), "interpolation"),
-    (lambda: ConvNeXtImageConverter(image_size=(64, 64), scale=0.0), "scale"),
-    (lambda: from_timm("convnext_atto", task="detector"), "task"),
-    (lambda: upload_preset(REPO_ROOT / "tests", "org/x"), "folder"),
-])
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1), dims=(8, 16, 24, 32)), "depths"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 0, 32)), "dims"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_size=4), "kernel_size"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), drop_path_rate=1.0), "drop_path_rate"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), image_shape=(16, 16, 3)), "input_shape"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), stem_type="conv"), "stem_type"),
+        (lambda: ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), norm="batchnorm"), "norm"),
+        (lambda: ConvNeXtImageConverter(image_size=(64, 64), crop_pct=0), "crop_pct"),
+        (lambda: ConvNeXtImageConverter(crop_pct=0.9), "crop_pct"),
+        (lambda: ConvNeXtImageConverter(image_size=(64, 64), crop_mode="border"), "crop_mode"),
+        (lambda: ConvNeXtImageConverter(image_size=(64, 64), interpolation="area"), "interpolation"),
+        (lambda: ConvNeXtImageConverter(image_size=(64, 64), scale=0.0), "scale"),
+        (lambda: from_timm("convnext_atto", task="detector"), "task"),
+        (lambda: upload_preset(REPO_ROOT / "tests", "org/x"), "folder"),
+    ],
+)
 def test_bad_arguments_name_themselves(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(num_classes=0), "num_classes"), (dict(num_classes=2, pooling="min"), "pooling"),
-    (dict(num_classes=2, dropout=1.5), "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(num_classes=0), "num_classes"),
+        (dict(num_classes=2, pooling="min"), "pooling"),
+        (dict(num_classes=2, dropout=1.5), "dropout"),
+    ],
+)
 def test_bad_classifier_arguments(kwargs, argument):
     backbone = ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
     with pytest.raises(ValueError, match=argument):
@@ -413,8 +482,12 @@ def test_publish_keras_hub_preset_from_a_hub_checkpoint(local_hub, tmp_path, mon
     save_safetensors(reference.state_dict(), tmp_path / "atto.safetensors")
     upload_timm_checkpoint(local_hub, "convnext_atto.d2_in1k", tmp_path / "atto.safetensors")
     folder = tmp_path / "preset"
-    assert publish_cli.main(["convnext_atto.d2_in1k", "--repo-id", "org/atto-kh", "--format", "keras-hub",
-                             "--dry-run", str(folder)]) == 0
+    assert (
+        publish_cli.main(
+            ["convnext_atto.d2_in1k", "--repo-id", "org/atto-kh", "--format", "keras-hub", "--dry-run", str(folder)]
+        )
+        == 0
+    )
     card = (folder / "README.md").read_text()
     assert "library_name: keras-hub" in card and "logits" in card and "(bar 1e-05)" in card
     assert publish_cli.main(["convnext_atto.d2_in1k", "--repo-id", "org/atto-kh", "--format", "keras-hub"]) == 0

@@ -1,4 +1,5 @@
 """Each custom layer against a numpy formula written here, and its serialization."""
+
 import keras
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_depthwise_conv_equals_direct_formula():
     expected = np.zeros(x.shape) + bias
     for i in range(7):
         for j in range(7):
-            expected += padded[:, i:i + 9, j:j + 8, :] * kernel[i, j, :, 0]
+            expected += padded[:, i : i + 9, j : j + 8, :] * kernel[i, j, :, 0]
     np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -120,15 +121,25 @@ def test_conv_equals_direct_formula(kernel_size, stride):
     expected = np.zeros((2, out_h, out_w, 4)) + bias
     for i in range(kernel_size):
         for j in range(kernel_size):
-            patch = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+            patch = x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride, :]
             expected += patch.astype("float64") @ kernel[i, j]
     np.testing.assert_allclose(_run(layer, x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layer", [
-    LayerScale(0.5), GlobalResponseNorm(epsilon=1e-5), RMSNorm(epsilon=1e-5), SimpleNorm(epsilon=1e-5),
-    StochasticDepth(0.2, seed=3), DepthwiseConv2D(7, padding="same"), Dense(3), Conv2D(3, 2, strides=2),
-], ids=lambda layer: type(layer).__name__)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        LayerScale(0.5),
+        GlobalResponseNorm(epsilon=1e-5),
+        RMSNorm(epsilon=1e-5),
+        SimpleNorm(epsilon=1e-5),
+        StochasticDepth(0.2, seed=3),
+        DepthwiseConv2D(7, padding="same"),
+        Dense(3),
+        Conv2D(3, 2, strides=2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
 def test_layers_serialize(layer):
     restored = keras.layers.deserialize(keras.layers.serialize(layer))
     assert type(restored) is type(layer)
@@ -138,8 +149,11 @@ def test_layers_serialize(layer):
 def test_statistics_in_float32_under_float16():
     """Values whose squares overflow float16 (> 65504) still normalize correctly."""
     x = _x((1, 4, 4, 8), scale=400.0)
-    for layer in (GlobalResponseNorm(dtype="mixed_float16"), RMSNorm(dtype="mixed_float16"),
-                  SimpleNorm(dtype="mixed_float16")):
+    for layer in (
+        GlobalResponseNorm(dtype="mixed_float16"),
+        RMSNorm(dtype="mixed_float16"),
+        SimpleNorm(dtype="mixed_float16"),
+    ):
         layer.build(x.shape)
         y = _run(layer, x.astype("float16"))
         assert y.dtype == np.float16 and np.isfinite(y).all(), type(layer).__name__
@@ -150,11 +164,18 @@ def test_statistics_in_float32_under_float16():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_float16"])
-@pytest.mark.parametrize("make", [
-    lambda dtype: LayerScale(0.5, dtype=dtype), lambda dtype: GlobalResponseNorm(dtype=dtype),
-    lambda dtype: RMSNorm(dtype=dtype), lambda dtype: SimpleNorm(dtype=dtype),
-    lambda dtype: StochasticDepth(0.2, dtype=dtype), lambda dtype: GELU(dtype=dtype),
-], ids=["LayerScale", "GlobalResponseNorm", "RMSNorm", "SimpleNorm", "StochasticDepth", "GELU"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dtype: LayerScale(0.5, dtype=dtype),
+        lambda dtype: GlobalResponseNorm(dtype=dtype),
+        lambda dtype: RMSNorm(dtype=dtype),
+        lambda dtype: SimpleNorm(dtype=dtype),
+        lambda dtype: StochasticDepth(0.2, dtype=dtype),
+        lambda dtype: GELU(dtype=dtype),
+    ],
+    ids=["LayerScale", "GlobalResponseNorm", "RMSNorm", "SimpleNorm", "StochasticDepth", "GELU"],
+)
 def test_symbolic_output_is_the_real_outputs_shape_and_dtype(make, dtype):
     """A model's build takes these layers' output spec from `compute_output_shape`, without tracing
     `call`: it must be what `call` gives."""

@@ -1,4 +1,5 @@
 """converters.layouts: official / HF / open_clip keys -> timm keys, and architecture inference."""
+
 import logging
 
 import numpy as np
@@ -7,8 +8,14 @@ import timm
 import torch
 from timm.models.convnext import checkpoint_filter_fn
 
-from converters import ArchitectureError, KeyMismatchError, ShapeMismatchError, detect_layout, infer_architecture
-from converters import to_timm_keys
+from converters import (
+    ArchitectureError,
+    KeyMismatchError,
+    ShapeMismatchError,
+    detect_layout,
+    infer_architecture,
+    to_timm_keys,
+)
 from converters.layouts import check_architecture
 from tests import checkpoint_factory as cf
 
@@ -45,6 +52,7 @@ def meta_shapes(arch, **kwargs):
 
 
 # --- official layout -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ["convnext_atto", "convnextv2_atto"])
 def test_timm_to_official_inverts_timm_filter(arch, request):
@@ -90,6 +98,7 @@ def test_bad_grn_shape_refused(v2_atto):
 
 # --- Hugging Face transformers layout ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind, arch", [("v1", "convnext_atto"), ("v2", "convnextv2_atto")])
 def test_hf_to_timm_matches_timm_model(kind, arch):
     hf = cf.random_hf_model(kind, num_labels=10)
@@ -130,6 +139,7 @@ def test_hf_base_model_and_backbone_keys(kind, caplog):
 
 # --- open_clip layout ----------------------------------------------------------------------------
 
+
 def test_clip_to_timm(atto, caplog):
     sd = cf.state_dict_numpy(atto)
     clip = cf.timm_to_clip(sd)
@@ -153,6 +163,7 @@ def test_clip_mlp_head_to_timm():
 
 # --- detection -----------------------------------------------------------------------------------
 
+
 def test_mixed_layouts_refused(atto):
     sd = cf.state_dict_numpy(atto)
     mixed = {**sd, "downsample_layers.1.0.weight": np.zeros(40, np.float32)}
@@ -173,6 +184,7 @@ def test_timm_layout_passes_through(v2_atto):
 
 # --- architecture --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", TIMM_ARCHS)
 def test_infer_every_timm_architecture(arch):
     assert len(TIMM_ARCHS) == 28
@@ -185,8 +197,10 @@ def test_infer_every_timm_architecture(arch):
     assert info["use_grn"] == model_args.get("use_grn", False)
     assert info["layer_scale"] == ("ls_init_value" not in model_args)
     assert info["stem_type"] == model_args.get("stem_type", "patch")
-    assert info["norm"] == {None: "layernorm", "rmsnorm2d": "rmsnorm2d", "simplenorm": "simplenorm"}[
-        model_args.get("norm_layer")]
+    assert (
+        info["norm"]
+        == {None: "layernorm", "rmsnorm2d": "rmsnorm2d", "simplenorm": "simplenorm"}[model_args.get("norm_layer")]
+    )
     assert info["conv_mlp"] == model_args.get("conv_mlp", False)
     assert info["head_norm_first"] == model_args.get("head_norm_first", False)
     assert info["head_hidden_size"] == model_args.get("head_hidden_size")

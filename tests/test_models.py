@@ -1,4 +1,7 @@
-"""The model family: every timm architecture, the family classes (`ConvNeXtV1` / `ConvNeXtV2`), features, bad arguments."""
+"""The model family: every timm architecture, the family classes (`ConvNeXtV1` / `ConvNeXtV2`), features,
+bad arguments.
+"""
+
 import logging
 
 import keras
@@ -8,9 +11,9 @@ import timm
 import torch
 
 import convnext_hub
+from converters.mapping import weight_slots
 from convnext_hub import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model
 from convnext_hub.model import zeros_initialized
-from converters.mapping import weight_slots
 
 BIG = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 
@@ -101,9 +104,28 @@ def test_pretrained_from_other_architecture_is_refused(tmp_path):
 
 def test_seed_variant_tables():
     assert list(ConvNeXtV1.MODEL_VARIANTS) == [
-        "atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge", "xxlarge"]
+        "atto",
+        "femto",
+        "pico",
+        "nano",
+        "tiny",
+        "small",
+        "base",
+        "large",
+        "xlarge",
+        "xxlarge",
+    ]
     assert list(ConvNeXtV2.MODEL_VARIANTS) == [
-        "atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "huge"]
+        "atto",
+        "femto",
+        "pico",
+        "nano",
+        "tiny",
+        "small",
+        "base",
+        "large",
+        "huge",
+    ]
     assert ConvNeXtV1.MODEL_VARIANTS["tiny"]["depths"] == (3, 3, 9, 3)
     assert ConvNeXtV2.MODEL_VARIANTS["huge"]["dims"] == (352, 704, 1408, 2816)
     model = ConvNeXtV2.from_variant("tiny", num_classes=10, input_shape=(128, 128, 3))
@@ -142,7 +164,7 @@ def test_features_only(out_indices):
     outputs = outputs if isinstance(outputs, list) else [outputs]
     dims = (40, 80, 160, 320)
     for i, y in zip(out_indices, outputs):
-        stride = 4 * 2 ** i
+        stride = 4 * 2**i
         assert y.shape == (2, 96 // stride, 128 // stride, dims[i])
 
 
@@ -176,16 +198,19 @@ def test_drop_path_rates_rise_linearly():
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, argument, received", [
-    (dict(model_name="convnext_tiniest"), "model_name", "'convnext_tiniest'"),
-    (dict(model_name="convnext_atto", input_shape=(16, 16, 3)), "input_shape", "(16, 16, 3)"),
-    (dict(model_name="convnext_atto", input_shape=(64, 64, 1)), "input_shape", "(64, 64, 1)"),
-    (dict(model_name="convnext_atto", input_shape=(64, 64)), "input_shape", "(64, 64)"),
-    (dict(model_name="convnext_atto", features_only=True, out_indices=(0, 4)), "out_indices", "(0, 4)"),
-    (dict(model_name="convnext_atto", include_top=False, pooling="mean"), "pooling", "'mean'"),
-    (dict(model_name="convnext_atto", num_classes=-1), "num_classes", "-1"),
-    (dict(model_name="convnext_atto", drop_path_rate=1.0), "drop_path_rate", "1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument, received",
+    [
+        (dict(model_name="convnext_tiniest"), "model_name", "'convnext_tiniest'"),
+        (dict(model_name="convnext_atto", input_shape=(16, 16, 3)), "input_shape", "(16, 16, 3)"),
+        (dict(model_name="convnext_atto", input_shape=(64, 64, 1)), "input_shape", "(64, 64, 1)"),
+        (dict(model_name="convnext_atto", input_shape=(64, 64)), "input_shape", "(64, 64)"),
+        (dict(model_name="convnext_atto", features_only=True, out_indices=(0, 4)), "out_indices", "(0, 4)"),
+        (dict(model_name="convnext_atto", include_top=False, pooling="mean"), "pooling", "'mean'"),
+        (dict(model_name="convnext_atto", num_classes=-1), "num_classes", "-1"),
+        (dict(model_name="convnext_atto", drop_path_rate=1.0), "drop_path_rate", "1.0"),
+    ],
+)
 def test_bad_arguments(kwargs, argument, received):
     """ValueError naming the argument, the value received and what is accepted."""
     with pytest.raises(ValueError) as info:

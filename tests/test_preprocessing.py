@@ -37,6 +37,7 @@ on a few pixels; the 99.9th percentile of |Δ| is below 0.092 (bicubic) and
 0.155 (lanczos). Clipping the Keras output to 0..255 would cut the bicubic
 max|Δ| 2-4x but cannot undo the clipping between PIL's passes.
 """
+
 import functools
 
 import keras
@@ -118,9 +119,7 @@ PIL_EXACT = 1e-6  # float32 round-off allowance; measured 0.0
 @functools.lru_cache(maxsize=None)
 def _photos():
     photos = {n: getattr(skimage.data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket")}
-    photos["coffee_portrait_odd"] = np.ascontiguousarray(
-        skimage.data.coffee().transpose(1, 0, 2)[:597, :399]
-    )
+    photos["coffee_portrait_odd"] = np.ascontiguousarray(skimage.data.coffee().transpose(1, 0, 2)[:597, :399])
     return photos
 
 
@@ -220,9 +219,7 @@ def test_float_arrays_are_resampled_without_rounding():
     assert np.abs(ours - expected).max() <= max_bound
     assert np.abs(ours - expected).mean() <= mean_bound
     grey = skimage.data.camera().astype(np.float64)
-    np.testing.assert_allclose(
-        preprocess_image(grey, cfg), preprocess_image(np.stack([grey] * 3, -1), cfg)
-    )
+    np.testing.assert_allclose(preprocess_image(grey, cfg), preprocess_image(np.stack([grey] * 3, -1), cfg))
 
 
 def test_batch_apis_stack_single_images():
@@ -232,9 +229,7 @@ def test_batch_apis_stack_single_images():
     np.testing.assert_array_equal(preprocess_batch(photos, cfg), expected)
     np.testing.assert_array_equal(Preprocessor(cfg)([Image.fromarray(p) for p in photos]), expected)
     same_size = np.stack([photos[2], photos[2][:, ::-1]])
-    np.testing.assert_array_equal(
-        Preprocessor(cfg)(same_size), np.stack([preprocess_image(p, cfg) for p in same_size])
-    )
+    np.testing.assert_array_equal(Preprocessor(cfg)(same_size), np.stack([preprocess_image(p, cfg) for p in same_size]))
     np.testing.assert_array_equal(Preprocessor(cfg)(photos[0]), expected[0])
 
 

@@ -1,4 +1,5 @@
 """converters.readers: every checkpoint format, read exactly, and every broken or unsafe file refused."""
+
 import argparse
 import json
 import os
@@ -40,6 +41,7 @@ def rounded(sd, dtype):
 
 # --- safetensors ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [None, torch.float16, torch.bfloat16])
 def test_safetensors_round_trip(tmp_path, v2_sd, dtype):
     path = cf.save_safetensors(v2_sd, tmp_path / "model.safetensors", dtype=dtype)
@@ -47,8 +49,12 @@ def test_safetensors_round_trip(tmp_path, v2_sd, dtype):
 
 
 def test_safetensors_keeps_integer_and_bool_dtypes(tmp_path):
-    sd = {"i": torch.arange(6, dtype=torch.int64).reshape(2, 3), "b": torch.tensor([True, False]),
-          "s": torch.tensor(2.5), "e": torch.zeros(0, 3)}
+    sd = {
+        "i": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "b": torch.tensor([True, False]),
+        "s": torch.tensor(2.5),
+        "e": torch.zeros(0, 3),
+    }
     loaded = load_checkpoint(cf.save_safetensors(sd, tmp_path / "x.safetensors"))
     assert loaded["i"].dtype == np.int64 and loaded["i"].tolist() == [[0, 1, 2], [3, 4, 5]]
     assert loaded["b"].dtype == np.bool_ and loaded["b"].tolist() == [True, False]
@@ -65,6 +71,7 @@ def test_format_comes_from_content_not_name(tmp_path, atto_sd):
 
 
 # --- broken safetensors --------------------------------------------------------------------------
+
 
 def raw_safetensors(path, header, data=b"", header_bytes=None):
     """Write a safetensors file by hand: 8-byte length, JSON header, data."""
@@ -88,9 +95,11 @@ def refused(path, *words):
 
 
 def test_hand_written_safetensors_reads(tmp_path):
-    header = {"__metadata__": {"format": "pt"},
-              "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-              "a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}
+    header = {
+        "__metadata__": {"format": "pt"},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        "a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]},
+    }
     loaded = load_checkpoint(raw_safetensors(tmp_path / "ok.safetensors", header, f32(1, 2, 3)))
     assert loaded["a"] == 1 and loaded["b"].tolist() == [2, 3]
 
@@ -113,18 +122,28 @@ def test_empty_and_random_files_refused(tmp_path):
     refused(tmp_path / "text.safetensors", "not a recognised checkpoint", "hello")
 
 
-@pytest.mark.parametrize("case, header, data, words", [
-    ("shape lies", {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, f32(1, 2), ["'a'", "12 bytes"]),
-    ("end past data", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, f32(1, 2), ["'a'", "past"]),
-    ("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                 "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, f32(1, 2, 3), ["overlap", "'b'"]),
-    ("gap", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, f32(1, 2), ["unused"]),
-    ("trailing", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, f32(1, 2), ["trailing"]),
-    ("dtype", {"a": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}, f32(1), ["'a'", "F8_E4M3"]),
-    ("negative", {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, f32(1), ["'a'", "shape"]),
-    ("offsets", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, f32(1), ["'a'", "data_offsets"]),
-    ("metadata", {"__metadata__": {"x": 1}}, b"", ["__metadata__"]),
-])
+@pytest.mark.parametrize(
+    "case, header, data, words",
+    [
+        ("shape lies", {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, f32(1, 2), ["'a'", "12 bytes"]),
+        ("end past data", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, f32(1, 2), ["'a'", "past"]),
+        (
+            "overlap",
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            f32(1, 2, 3),
+            ["overlap", "'b'"],
+        ),
+        ("gap", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, f32(1, 2), ["unused"]),
+        ("trailing", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, f32(1, 2), ["trailing"]),
+        ("dtype", {"a": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}, f32(1), ["'a'", "F8_E4M3"]),
+        ("negative", {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, f32(1), ["'a'", "shape"]),
+        ("offsets", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, f32(1), ["'a'", "data_offsets"]),
+        ("metadata", {"__metadata__": {"x": 1}}, b"", ["__metadata__"]),
+    ],
+)
 def test_inconsistent_safetensors_header_refused(tmp_path, case, header, data, words):
     refused(raw_safetensors(tmp_path / "bad.safetensors", header, data), *words)
 
@@ -145,6 +164,7 @@ def test_bad_header_json_and_length_refused(tmp_path):
 
 # --- PyTorch pickles -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("wrap", [None, "model", "state_dict", "module", "model_ema", "state_dict_ema"])
 @pytest.mark.parametrize("prefix", ["", "module.", "module._orig_mod."])
 def test_pth_wrappers_and_prefixes(tmp_path, atto_sd, wrap, prefix):
@@ -153,8 +173,16 @@ def test_pth_wrappers_and_prefixes(tmp_path, atto_sd, wrap, prefix):
 
 def test_pth_prefers_plain_weights_over_ema_and_skips_metadata(tmp_path, atto_sd, v2_sd):
     path = tmp_path / "train.pth"
-    torch.save({"model": cf._torch_state_dict(atto_sd), "model_ema": cf._torch_state_dict(v2_sd), "epoch": 3,
-                "optimizer": {"state": {}}, "args": argparse.Namespace(lr=1e-3)}, path)
+    torch.save(
+        {
+            "model": cf._torch_state_dict(atto_sd),
+            "model_ema": cf._torch_state_dict(v2_sd),
+            "epoch": 3,
+            "optimizer": {"state": {}},
+            "args": argparse.Namespace(lr=1e-3),
+        },
+        path,
+    )
     assert_same(load_checkpoint(path), atto_sd)
     torch.save({"state_dict_ema": cf._torch_state_dict(v2_sd), "epoch": 3}, path)
     assert_same(load_checkpoint(path), v2_sd)
@@ -232,6 +260,7 @@ def test_pickle_without_torch_or_with_old_torch_refused(tmp_path, monkeypatch, a
 
 # --- sharded checkpoints and folders -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_sharded_index(tmp_path, v2_sd, fmt):
     index = cf.save_sharded(v2_sd, tmp_path / "sharded", n_shards=3, fmt=fmt)
@@ -292,6 +321,7 @@ def test_timm_hub_folders(tmp_path, atto_sd):
 
 # --- values --------------------------------------------------------------------------------------
 
+
 def test_check_finite():
     sd = {"a": np.ones(3, np.float32), "i": np.arange(3), "big": np.array([7e4], np.float32)}
     check_finite(sd, "ok.safetensors")
@@ -308,10 +338,17 @@ def test_check_finite():
 def test_readers_import_no_torch_timm_keras():
     # The package facade and the readers import no framework (`python -m converters.timm_to_keras` must be
     # able to import torch before Keras); `layouts` reads the model core's architecture table, so it may.
-    code = ("import sys; import converters, converters.errors, converters.readers; "
-            "print(sorted(m for m in ('torch', 'timm', 'keras', 'tensorflow', 'jax') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        "import sys; import converters, converters.errors, converters.readers; "
+        "print(sorted(m for m in ('torch', 'timm', 'keras', 'tensorflow', 'jax') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -348,8 +385,10 @@ def test_mapped_read_equals_read_and_refuses_a_file_shrunk_after_opening(tmp_pat
     from converters.readers import MIN_MAPPED_BYTES, read_safetensors
 
     rng = np.random.default_rng(0)
-    tensors = {"big": rng.standard_normal((MIN_MAPPED_BYTES // 4 // 100 + 1, 100)).astype("float32"),
-               "a_small": rng.standard_normal((3, 4)).astype("float32")}
+    tensors = {
+        "big": rng.standard_normal((MIN_MAPPED_BYTES // 4 // 100 + 1, 100)).astype("float32"),
+        "a_small": rng.standard_normal((3, 4)).astype("float32"),
+    }
     path = tmp_path / "w.safetensors"
     save_file(tensors, str(path))
     lazy = read_safetensors(str(path), lazy=True)

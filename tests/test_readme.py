@@ -27,6 +27,7 @@ must match, or `test_every_table_entry_is_used` fails: the tables cannot rot.
 A block opts out only with an HTML comment on the line just before its fence (blank lines allowed):
 `<!-- readme-test: skip (the reason) -->`. Skipped blocks and their reasons appear in pytest's summary.
 """
+
 import ast
 import builtins
 import importlib
@@ -54,23 +55,23 @@ BLOCK_TIMEOUT = 600  # seconds for one block
 
 # (README text, replacement, why). Applied to every runnable block; each must match at least once.
 SUBSTITUTIONS = [
-    ("input_shape=(224, 224, 3), drop_path_rate=0.1", "input_shape=(32, 32, 3), drop_path_rate=0.1",
-     "fine-tuning: 32x32 inputs instead of 224x224 (same code path, 49x less compute)"),
-    ("epochs=10, peak_lr=1e-4", "epochs=1, peak_lr=1e-4",
-     "fine-tuning: one epoch of stage 2 instead of ten"),
+    (
+        "input_shape=(224, 224, 3), drop_path_rate=0.1",
+        "input_shape=(32, 32, 3), drop_path_rate=0.1",
+        "fine-tuning: 32x32 inputs instead of 224x224 (same code path, 49x less compute)",
+    ),
+    ("epochs=10, peak_lr=1e-4", "epochs=1, peak_lr=1e-4", "fine-tuning: one epoch of stage 2 instead of ten"),
 ]
 
 # Names the README leaves to the reader -> (what they stand for, an expression; `np`, `Image` and a seeded
 # `rng` are in scope). Shapes follow SUBSTITUTIONS: 32x32 RGB, 5 classes.
 FREE_NAMES = {
-    "pil_image": ("a random 300x400 RGB photo",
-                  "Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))"),
+    "pil_image": ("a random 300x400 RGB photo", "Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))"),
     "x_train": ("8 random 32x32 RGB images", "rng.standard_normal((8, 32, 32, 3)).astype('float32')"),
     "y_train": ("8 integer labels of 5 classes", "rng.integers(0, 5, 8)"),
     "x_val": ("4 random 32x32 RGB images", "rng.standard_normal((4, 32, 32, 3)).astype('float32')"),
     "y_val": ("4 integer labels of 5 classes", "rng.integers(0, 5, 4)"),
 }
-
 
 
 def _saved_convnext_tiny(path):
@@ -90,13 +91,17 @@ KERAS_REPOS = {
     "my-org/convnextv2-base-keras": ("convnextv2_base", "its name says convnextv2 base"),
 }
 
-INSTALLS = re.compile(r"\bpip3? install\b|-m pip install\b|-m venv\b|\bvirtualenv\b|\bconda (install|create)\b"
-                      r"|\buv (pip|venv|sync|add)\b")
+INSTALLS = re.compile(
+    r"\bpip3? install\b|-m pip install\b|-m venv\b|\bvirtualenv\b|\bconda (install|create)\b"
+    r"|\buv (pip|venv|sync|add)\b"
+)
 SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 COUNT_COMMENT = re.compile(r"#\s*(?:(?:the|all)\s+)?(?P<count>\d+)(?:\s+[A-Za-z]|\s*$)")
 SHELL = ("bash", "sh", "shell")
-INLINE_API = re.compile(r"`(?:python3? -m )?(?P<name>(?:convnext_hub|converters|checkpoints)(?:\.[A-Za-z_]\w*)+)"
-                        r"(?:\((?P<args>[^`]*)\))?")
+INLINE_API = re.compile(
+    r"`(?:python3? -m )?(?P<name>(?:convnext_hub|converters|checkpoints)(?:\.[A-Za-z_]\w*)+)"
+    r"(?:\((?P<args>[^`]*)\))?"
+)
 
 
 # ----------------------------------------------------------------------------------------------- the blocks
@@ -134,15 +139,21 @@ def readme_blocks(text):
         i += 1
         while i < len(lines) and not lines[i].strip().startswith(fence[2]):
             i += 1
-        code = "\n".join(line[len(fence[1]):] for line in lines[start + 1: i]) + "\n"
+        code = "\n".join(line[len(fence[1]) :] for line in lines[start + 1 : i]) + "\n"
         i += 1
         if lang == "python" or lang in SHELL:
             before = start - 1
             while before >= 0 and not lines[before].strip():
                 before -= 1
             marker = SKIP_MARKER.search(lines[before]) if before >= 0 else None
-            blocks.append(Block("python" if lang == "python" else "shell", code, start + 2,
-                                marker["reason"].strip() if marker else None))
+            blocks.append(
+                Block(
+                    "python" if lang == "python" else "shell",
+                    code,
+                    start + 2,
+                    marker["reason"].strip() if marker else None,
+                )
+            )
     return blocks
 
 
@@ -158,8 +169,11 @@ def substituted(block):
 
 
 def python_strings(code):
-    return {node.value for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Constant)
-            and isinstance(node.value, str)}
+    return {
+        node.value
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
 
 
 def hub_names(block):
@@ -168,7 +182,7 @@ def hub_names(block):
     # Shell: every word, quoted or not (a `python -c '...("convnext_tiny")'` names a checkpoint too).
     words = python_strings(code) if block.lang == "python" else set(re.findall(r"[\w.:/-]+", code))
     registry = set(checkpoints.list_pretrained()) | set(checkpoints.aliases())
-    repos = {w[len("hf://"):] for w in words if w.startswith("hf://")}
+    repos = {w[len("hf://") :] for w in words if w.startswith("hf://")}
     return sorted(words & registry), sorted(repos)
 
 
@@ -195,8 +209,11 @@ def with_count_checks(code):
 
     Lines and columns outside the wrapped expressions stay where they were (tracebacks keep README lines).
     """
-    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(code).readline)
-                if tok.type == tokenize.COMMENT}
+    comments = {
+        tok.start[0]: tok.string
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline)
+        if tok.type == tokenize.COMMENT
+    }
     lines = code.splitlines(keepends=True)
     checks = []
     for node in ast.parse(code).body:
@@ -205,13 +222,15 @@ def with_count_checks(code):
             checks.append((node, int(match["count"])))
     for node, count in reversed(checks):  # edit from the end: earlier positions stay valid
         end = lines[node.end_lineno - 1]
-        lines[node.end_lineno - 1] = end[:node.end_col_offset] + f", {count}, {node.lineno})" + end[node.end_col_offset:]
+        lines[node.end_lineno - 1] = (
+            end[: node.end_col_offset] + f", {count}, {node.lineno})" + end[node.end_col_offset :]
+        )
         start = lines[node.lineno - 1]
-        lines[node.lineno - 1] = start[:node.col_offset] + "__readme_count__(" + start[node.col_offset:]
+        lines[node.lineno - 1] = start[: node.col_offset] + "__readme_count__(" + start[node.col_offset :]
     return "".join(lines), [(node.lineno, count) for node, count in checks]
 
 
-RUNNER = r'''
+RUNNER = r"""
 import json, sys
 
 spec = json.load(open(sys.argv[1]))
@@ -236,7 +255,7 @@ if spec["free_names"]:
 namespace["__readme_count__"] = __readme_count__
 code = compile("\n" * (spec["first_line"] - 1) + spec["code"], spec["readme"], "exec")
 exec(code, namespace)
-'''
+"""
 
 
 # ----------------------------------------------------------------------------------------------- the Hub
@@ -313,10 +332,16 @@ def defined_earlier(name, block):
     for other in BLOCKS:
         if other.line < block.line and other.lang == "python":
             try:
-                if name in {n.id for n in ast.walk(ast.parse(other.code))
-                            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} | {
-                        (a.asname or a.name).split(".")[0] for n in ast.walk(ast.parse(other.code))
-                        if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}:
+                if name in {
+                    n.id
+                    for n in ast.walk(ast.parse(other.code))
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                } | {
+                    (a.asname or a.name).split(".")[0]
+                    for n in ast.walk(ast.parse(other.code))
+                    if isinstance(n, (ast.Import, ast.ImportFrom))
+                    for a in n.names
+                }:
                     return other
             except SyntaxError:
                 pass
@@ -332,8 +357,10 @@ def failure(block, result):
     message = f"README block at line {block.line} ({block.lang}) failed, exit {result.returncode}:\n{tail}"
     name_error = re.search(r"NameError: name '(\w+)' is not defined", result.stderr)
     if name_error and (earlier := defined_earlier(name_error[1], block)):
-        message += (f"\n\n`{name_error[1]}` is defined only in the block at README line {earlier.line}: "
-                    "each block must stand alone (README bug)")
+        message += (
+            f"\n\n`{name_error[1]}` is defined only in the block at README line {earlier.line}: "
+            "each block must stand alone (README bug)"
+        )
     return message
 
 
@@ -360,18 +387,34 @@ def test_readme_block_runs(block, readme_hub, tmp_path):
     readme_hub.prepare(block, cwd)
     env = block_env(tmp_path)
     if block.lang == "shell":
-        result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=cwd, env=env,
-                                capture_output=True, text=True, timeout=BLOCK_TIMEOUT, check=False)
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", code],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT,
+            check=False,
+        )
     else:
         checked, _ = with_count_checks(code)
         spec = {
-            "code": checked, "first_line": block.line, "readme": str(README),
+            "code": checked,
+            "first_line": block.line,
+            "readme": str(README),
             "free_names": {name: FREE_NAMES[name][1] for name in sorted(free_names(code) & set(FREE_NAMES))},
         }
         (tmp_path / "block.json").write_text(json.dumps(spec))
         (tmp_path / "runner.py").write_text(RUNNER)
-        result = subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "block.json")],
-                                cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT, check=False)
+        result = subprocess.run(
+            [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "block.json")],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT,
+            check=False,
+        )
     assert result.returncode == 0, failure(block, result)
 
 
@@ -380,13 +423,24 @@ def test_every_table_entry_is_used():
     runnable = [b for b in BLOCKS if b.runnable]
     assert {b.lang for b in runnable} == {"python", "shell"}, f"the README's blocks were not found: {BLOCKS}"
     python = [b for b in runnable if b.lang == "python"]
-    unused = [f"SUBSTITUTIONS: {old!r} matches no runnable block" for old, _, _ in SUBSTITUTIONS
-              if not any(old in b.code for b in runnable)]
-    unused += [f"FREE_NAMES: no runnable block uses {name!r} without defining it" for name in FREE_NAMES
-               if not any(name in free_names(substituted(b)) for b in python)]
-    unused += [f"FILES: no runnable block names {name!r}" for name in FILES if not any(name in b.code for b in runnable)]
-    unused += [f"KERAS_REPOS: no runnable block names hf://{repo}" for repo in KERAS_REPOS
-               if not any(repo in hub_names(b)[1] for b in runnable)]
+    unused = [
+        f"SUBSTITUTIONS: {old!r} matches no runnable block"
+        for old, _, _ in SUBSTITUTIONS
+        if not any(old in b.code for b in runnable)
+    ]
+    unused += [
+        f"FREE_NAMES: no runnable block uses {name!r} without defining it"
+        for name in FREE_NAMES
+        if not any(name in free_names(substituted(b)) for b in python)
+    ]
+    unused += [
+        f"FILES: no runnable block names {name!r}" for name in FILES if not any(name in b.code for b in runnable)
+    ]
+    unused += [
+        f"KERAS_REPOS: no runnable block names hf://{repo}"
+        for repo in KERAS_REPOS
+        if not any(repo in hub_names(b)[1] for b in runnable)
+    ]
     assert not unused, "\n".join(unused)
 
 
@@ -465,12 +519,15 @@ def test_the_reader_finds_blocks_names_and_counts():
     )
     blocks = readme_blocks(sample)
     assert [(b.lang, b.line, b.skip, b.installs) for b in blocks] == [
-        ("python", 5, "needs a GPU", False), ("shell", 9, None, True), ("shell", 12, None, False)]
+        ("python", 5, "needs a GPU", False),
+        ("shell", 9, None, True),
+        ("shell", 12, None, False),
+    ]
     assert hub_names(blocks[2]) == (["convnext_atto"], ["a/b"])
     py = Block("python", 'm = f("convnext_v2_base", "hf://o/r", "x.keras")\nprint(pil_image, m)\n', 1)
     assert hub_names(py) == (["convnext_v2_base"], ["o/r"])
     assert free_names(py.code) == {"f", "pil_image"}
-    code, checks = with_count_checks('import a\n\na.f(1,\n  2)  # the 98 things\nb = 3  # the 2 others\n')
+    code, checks = with_count_checks("import a\n\na.f(1,\n  2)  # the 98 things\nb = 3  # the 2 others\n")
     assert checks == [(3, 98)]
     assert with_count_checks("f()  # all 98\ng()  # -> 4 maps\nh()  # 1e-5 bar\n")[1] == [(1, 98)]
     assert resolve_api("converters.verification.compare").__name__ == "compare"
@@ -479,4 +536,4 @@ def test_the_reader_finds_blocks_names_and_counts():
     assert call_problem(resolve_api("converters.verification.compare"), "model, timm_model, images") is None
     assert "no argument 'colour'" in call_problem(resolve_api("converters.verification.compare"), "m, r, i, colour=1")
     assert "positional" in call_problem(resolve_api("checkpoints.resolve"), "a, b")
-    assert code == 'import a\n\n__readme_count__(a.f(1,\n  2), 98, 3)  # the 98 things\nb = 3  # the 2 others\n'
+    assert code == "import a\n\n__readme_count__(a.f(1,\n  2), 98, 3)  # the 98 things\nb = 3  # the 2 others\n"

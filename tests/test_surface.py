@@ -1,6 +1,7 @@
 """The user-facing surface: what the project writes it reads back, `pretrained_cfg` travels,
 custom geometries convert, user errors are one line, loads raise no false warnings, and
 a user's own `checkpoints/` / `converters/` folders cannot shadow the packages."""
+
 import json
 import logging
 import os
@@ -16,9 +17,8 @@ import timm
 import torch
 
 import convnext_hub
-from converters import ArchitectureError, convert, export_timm_state_dict, load_checkpoint, verification
+from converters import ArchitectureError, convert, export_timm_state_dict, load_checkpoint, timm_to_keras, verification
 from converters import publish as publish_cli
-from converters import timm_to_keras
 from convnext_hub import saved_folder
 from convnext_hub.hub import load_pretrained
 from tests.checkpoint_factory import (
@@ -79,7 +79,8 @@ def test_every_cli_output_loads_back(atto_file, tmp_path, fmt, caplog):
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
         loaded = [
-            load_pretrained(out), load_pretrained(str(weights_file)),
+            load_pretrained(out),
+            load_pretrained(str(weights_file)),
             convnext_hub.create_model("convnext_atto", num_classes=7, pretrained=out),
             convnext_hub.create_model("convnext_atto", num_classes=7, pretrained=weights_file),
         ]
@@ -98,11 +99,17 @@ def test_publish_dry_run_folder_loads_back(local_hub, atto_file, cache_dir, tmp_
     saved = saved_folder.read(folder)
     assert saved.config["format_version"] == saved_folder.FORMAT_VERSION
     assert saved.config["equivalence"]["passed"] and set(saved.config["equivalence"]["outputs"]) == {
-        "stage 0", "stage 1", "stage 2", "stage 3", "logits"}
+        "stage 0",
+        "stage 1",
+        "stage 2",
+        "stage 3",
+        "logits",
+    }
     expected = outputs(convert(state_dict))
     np.testing.assert_array_equal(outputs(load_pretrained(folder)), expected)
     np.testing.assert_array_equal(
-        outputs(convnext_hub.create_model("convnext_atto", num_classes=7, pretrained=folder)), expected)
+        outputs(convnext_hub.create_model("convnext_atto", num_classes=7, pretrained=folder)), expected
+    )
 
 
 def test_saved_folder_from_a_newer_schema_is_refused_in_one_line(atto_file, tmp_path):
@@ -131,8 +138,9 @@ def test_pretrained_cfg_survives_keras_save_config_and_folders(local_hub, atto_f
     assert type(model).from_config(model.get_config()).pretrained_cfg == cfg
     np.testing.assert_array_equal(outputs(reloaded), outputs(model))
     photo = (np.random.RandomState(0).rand(90, 120, 3) * 255).astype("uint8")
-    np.testing.assert_array_equal(convnext_hub.Preprocessor(reloaded.pretrained_cfg)([photo]),
-                                  convnext_hub.Preprocessor(cfg)([photo]))
+    np.testing.assert_array_equal(
+        convnext_hub.Preprocessor(reloaded.pretrained_cfg)([photo]), convnext_hub.Preprocessor(cfg)([photo])
+    )
     out = tmp_path / "cli"
     assert timm_to_keras.main([ATTO, "--out", str(out)]) == 0
     assert saved_folder.read(out).pretrained_cfg == json.loads(json.dumps(cfg))
@@ -156,15 +164,21 @@ def _custom_timm(use_grn, seed, **kwargs):
     from timm.models.convnext import ConvNeXt
 
     ls = None if use_grn else 1e-6
-    model = ConvNeXt(depths=(1, 2, 3, 1), dims=(16, 24, 40, 56), use_grn=use_grn, ls_init_value=ls,
-                     num_classes=5, **kwargs)
+    model = ConvNeXt(
+        depths=(1, 2, 3, 1), dims=(16, 24, 40, 56), use_grn=use_grn, ls_init_value=ls, num_classes=5, **kwargs
+    )
     return randomize_(model, seed).eval()
 
 
-@pytest.mark.parametrize("use_grn, kwargs", [
-    (False, {}), (True, {}), (False, {"head_norm_first": True, "conv_mlp": True}),
-    (True, {"stem_type": "overlap_tiered", "kernel_sizes": 5}),
-])
+@pytest.mark.parametrize(
+    "use_grn, kwargs",
+    [
+        (False, {}),
+        (True, {}),
+        (False, {"head_norm_first": True, "conv_mlp": True}),
+        (True, {"stem_type": "overlap_tiered", "kernel_sizes": 5}),
+    ],
+)
 def test_custom_timm_geometry_converts_equal_and_round_trips(use_grn, kwargs, tmp_path):
     reference = _custom_timm(use_grn, seed=11, **kwargs)
     path = tmp_path / "custom.safetensors"
@@ -201,8 +215,15 @@ def test_custom_hugging_face_geometry_equals_its_own_outputs(kind, tmp_path):
 def test_custom_official_layout_converts_equal(tmp_path):
     reference = _custom_timm(True, seed=12)
     path = tmp_path / "official.pth"
-    torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
-                          timm_to_official(state_dict_numpy(reference)).items()}}, path)
+    torch.save(
+        {
+            "model": {
+                k: torch.from_numpy(np.ascontiguousarray(v))
+                for k, v in timm_to_official(state_dict_numpy(reference)).items()
+            }
+        },
+        path,
+    )
     model = convert(load_checkpoint(path))
     report = verification.compare(model, reference, verification.random_images(64, 64))
     assert report.passed and len(report.comparisons) == 5, report.lines()
@@ -211,8 +232,9 @@ def test_custom_official_layout_converts_equal(tmp_path):
 def test_bias_free_custom_norm_must_be_named(tmp_path):
     from timm.models.convnext import ConvNeXt
 
-    reference = randomize_(ConvNeXt(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40), norm_layer="rmsnorm2d",
-                                    conv_mlp=True, num_classes=3), 2).eval()
+    reference = randomize_(
+        ConvNeXt(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40), norm_layer="rmsnorm2d", conv_mlp=True, num_classes=3), 2
+    ).eval()
     state_dict = state_dict_numpy(reference)
     with pytest.raises(ArchitectureError, match="norm='rmsnorm2d'"):
         convert(state_dict)
@@ -252,8 +274,18 @@ def _cli_cases(atto_file, tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "unknown name", "unknown random-init", "bad file", "wrong arch",
-                                  "unwritable out", "offline, nothing cached"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "unknown name",
+        "unknown random-init",
+        "bad file",
+        "wrong arch",
+        "unwritable out",
+        "offline, nothing cached",
+    ],
+)
 def test_cli_user_errors_are_one_line(case, atto_file, tmp_path, cache_dir, monkeypatch, capsys, local_hub):
     argv, fragment = _cli_cases(atto_file, tmp_path)[case]
     if "--out" not in argv:
@@ -285,8 +317,10 @@ def test_cli_process_output_is_clean(atto_file, tmp_path):
     """A real process: no TensorFlow start-up lines, no progress bar in redirected output, one overall
     PASS line, and a stated reason when --num-classes keeps the logits from being compared."""
     path, _ = atto_file
-    done = _run(["-m", "converters.timm_to_keras", str(path), "--out", str(tmp_path / "o"), "--num-classes", "3",
-                 "--verify"], cwd=tmp_path)
+    done = _run(
+        ["-m", "converters.timm_to_keras", str(path), "--out", str(tmp_path / "o"), "--num-classes", "3", "--verify"],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr, done.stderr
     assert "\r" not in done.stderr and "tensor/s" not in done.stderr, done.stderr
@@ -306,8 +340,10 @@ def test_users_checkpoints_and_converters_folders_do_not_shadow_the_packages(att
     (work / "checkpoints").mkdir(parents=True)
     (work / "converters").mkdir()
     (work / "checkpoints" / "my_model.pth").write_bytes(b"user data")
-    script = ("import convnext_hub; print(len(convnext_hub.list_pretrained()));"
-              f"m = convnext_hub.load_pretrained({str(path)!r}); print(m.architecture)")
+    script = (
+        "import convnext_hub; print(len(convnext_hub.list_pretrained()));"
+        f"m = convnext_hub.load_pretrained({str(path)!r}); print(m.architecture)"
+    )
     done = _run(["-c", script], cwd=work)
     assert done.returncode == 0 and done.stdout.split() == ["98", "convnext_atto"], done.stderr
     converted = _run(["-m", "converters.timm_to_keras", str(path), "--out", "out"], cwd=work)
@@ -322,8 +358,15 @@ def test_model_without_checkpoint_gets_timms_default_transform():
     assert reloaded.pretrained_cfg is None
     photo = (np.random.RandomState(1).rand(300, 400, 3) * 255).astype("uint8")
     batch = convnext_hub.Preprocessor(reloaded.pretrained_cfg)([photo])
-    default = convnext_hub.Preprocessor({"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
-                                         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})([photo])
+    default = convnext_hub.Preprocessor(
+        {
+            "input_size": (3, 224, 224),
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+        }
+    )([photo])
     assert batch.shape == (1, 224, 224, 3)
     np.testing.assert_array_equal(batch, default)
 

@@ -1,4 +1,5 @@
 """Serialization, mixed precision and training of the Keras models."""
+
 import keras
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_fit_lowers_loss_with_drop_path(arch):
     x = rng.rand(64, 32, 32, 3).astype("float32") * 0.2
     for i, label in enumerate(labels):
         r, c = divmod(label, 2)
-        x[i, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += 0.8
+        x[i, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] += 0.8
     x = (x - 0.5) / 0.25  # normalized, as preprocessing would
     model = create_model(arch, num_classes=4, input_shape=(32, 32, 3), drop_path_rate=0.1)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(True))

@@ -7,6 +7,7 @@ assertions, and hold references that are not timm modules (Hugging Face transfor
 same bar through `Comparison`. `test_equivalence.py::test_the_comparison_fails_a_wrong_model`
 proves that the comparison catches a wrong model.
 """
+
 import numpy as np
 
 from converters.verification import (  # noqa: F401  (re-exported: the tests' one import for comparisons)

@@ -3,6 +3,7 @@
 Modules: `fetch` (Hub I/O), `cache` (the converted-weights cache), `sources`
 (registry / `hf://` / local sources -> weights), `loader` (`load_pretrained`).
 """
+
 from .cache import Cache, CacheNotWritableError, default_cache_dir
 from .fetch import WeightsUnavailableError
 from .loader import load_pretrained

@@ -22,6 +22,7 @@ weights are used. A corrupt entry (any changed byte, a truncated file, an
 entry torn by a crash of the machine) is deleted and converted again. The
 hash recorded for a new entry is computed as its file is written.
 """
+
 import concurrent.futures
 import errno
 import json

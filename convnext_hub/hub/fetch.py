@@ -5,6 +5,7 @@ Everything goes through `huggingface_hub` (its cache, progress bars,
 with this module, not on first use: importing their module is start-up work,
 which belongs with the imports, not inside the first load.
 """
+
 import hashlib
 import logging
 import os

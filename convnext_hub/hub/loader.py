@@ -1,4 +1,5 @@
 """`load_pretrained`: a Keras ConvNeXt with pretrained weights, by name, Hub repo or file."""
+
 import logging
 import os
 
@@ -58,7 +59,7 @@ def load_pretrained(name, *, revision=None, cache_dir=None, local_files_only=Fal
 def _weights(name, revision, cache_dir, local_files_only, token):
     """Dispatch on the kind of `name`; registry names win over same-named local paths."""
     if isinstance(name, str) and name.startswith("hf://"):
-        return sources.from_keras_repo(name[len("hf://"):], Cache(cache_dir), revision, token, local_files_only)
+        return sources.from_keras_repo(name[len("hf://") :], Cache(cache_dir), revision, token, local_files_only)
     if not isinstance(name, os.PathLike):
         try:
             entry = checkpoints.resolve(name)
@@ -97,7 +98,9 @@ def _note_input_size(cfg, input_shape):
     logger.info(
         "%s was trained at %dx%d (test size %s); building it for %s. ConvNeXt accepts any size, but accuracy "
         "at another size may need fine-tuning.",
-        cfg.get("name"), trained[1], trained[2],
+        cfg.get("name"),
+        trained[1],
+        trained[2],
         "x".join(map(str, cfg["test_input_size"][1:])) if cfg.get("test_input_size") else "the same",
         "x".join(str(s) for s in input_shape[:2]),
     )

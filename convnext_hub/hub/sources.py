@@ -1,5 +1,6 @@
 """Where pretrained weights come from besides timm's Hub checkpoints: converted folders published
 on the Hub (`hf://`), and local files and folders."""
+
 import logging
 import os
 from pathlib import Path
@@ -36,8 +37,12 @@ def from_keras_repo(repo_id, cache, revision=None, token=None, local_files_only=
         except Exception as e:
             if not fetch.is_unreachable(e):
                 raise
-            logger.warning("hf://%s: the Hub cannot be reached (%s: %s); using huggingface_hub's cache",
-                           repo_id, type(e).__name__, e)
+            logger.warning(
+                "hf://%s: the Hub cannot be reached (%s: %s); using huggingface_hub's cache",
+                repo_id,
+                type(e).__name__,
+                e,
+            )
     cached_only = commit is None
     if cached_only:
         commit = cache.commit_refs.read(repo_id, revision) or revision
@@ -45,7 +50,8 @@ def from_keras_repo(repo_id, cache, revision=None, token=None, local_files_only=
     def download(filename):
         try:
             return huggingface_hub.hf_hub_download(
-                repo_id, filename, revision=commit, token=token, local_files_only=cached_only)
+                repo_id, filename, revision=commit, token=token, local_files_only=cached_only
+            )
         except LocalEntryNotFoundError as e:
             raise fetch.WeightsUnavailableError(
                 f"hf://{repo_id}: the Hub cannot be reached or offline mode is on, and huggingface_hub's cache "
@@ -109,8 +115,10 @@ def from_local(path):
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if saved_folder.is_saved_folder(path) or (
-            path.is_file() and (path.parent / saved_folder.CONFIG_FILE).is_file()
-            and path.name.endswith((".weights.h5", ".keras"))):
+        path.is_file()
+        and (path.parent / saved_folder.CONFIG_FILE).is_file()
+        and path.name.endswith((".weights.h5", ".keras"))
+    ):
         return from_saved_folder(saved_folder.read(path))
     if path.name.endswith(".weights.h5"):
         raise ValueError(
@@ -156,6 +164,7 @@ def source_state_dict(pretrained_cfg, token=None):
         return read_timm_state_dict(source["path"])
     if isinstance(source, dict) and source.get("filename"):
         path = huggingface_hub.hf_hub_download(
-            source["repo_id"], source["filename"], revision=source.get("revision"), token=token)
+            source["repo_id"], source["filename"], revision=source.get("revision"), token=token
+        )
         return read_timm_state_dict(path)
     raise ValueError(f"the model's pretrained_cfg does not name the checkpoint it was converted from: {source!r}")

@@ -1,4 +1,5 @@
 """Pretrained weights of timm's ConvNeXt checkpoints on the Hugging Face Hub, through the converted-weights cache."""
+
 import datetime
 import logging
 import os
@@ -12,9 +13,9 @@ from converters.conversion import convert_to_weights_file, export_timm_state_dic
 from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
 
-from . import fetch
 from ..fast_path import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
+from . import fetch
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
 from .weights import Weights, head_of, read_timm_state_dict
 
@@ -53,12 +54,16 @@ def from_registry(entry, cache, revision=None, token=None, local_files_only=Fals
             hit, converted = _cached_conversion(entry, cache, revision, remote, lambda: fetch.download(remote, token))
         else:
             hit = cache.lookup_revision(name, revision, wait=False)
-            logger.warning("%s: %s", entry["hf_hub_id"], f"using the cached conversion {hit.path}" if hit else
-                           "looking in huggingface_hub's cache")
+            logger.warning(
+                "%s: %s",
+                entry["hf_hub_id"],
+                f"using the cached conversion {hit.path}" if hit else "looking in huggingface_hub's cache",
+            )
     if hit is None:  # downloads are by commit, so look for the commit `revision` last had
         hit, converted = _from_hf_cache(entry, cache, cache.recorded_commit(name, revision) or revision, offline)
-    return CachedWeights.of(entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only),
-                            converted)
+    return CachedWeights.of(
+        entry, hit, cache, lambda: from_registry(entry, cache, revision, token, local_files_only), converted
+    )
 
 
 @dataclass
@@ -160,8 +165,11 @@ def _from_hf_cache(entry, cache, revision, offline):
     repo_id, files = entry["hf_hub_id"], fetch.weight_files(entry["name"])
     found = fetch.from_hf_cache(repo_id, files, revision)
     if found is None:
-        why = "offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline else (
-            "the Hub cannot be reached")
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)"
+            if offline
+            else ("the Hub cannot be reached")
+        )
         raise fetch.WeightsUnavailableError(
             f"{entry['name']}: {why}, and neither the convnext_hub cache ({cache.root}) nor huggingface_hub's "
             f"cache holds {repo_id} at revision {revision!r} ({' or '.join(files)}). "
@@ -202,8 +210,13 @@ def convert_source(path, entry, remote, folder, digest):
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    model = convert_to_weights_file(read_timm_state_dict(path), os.fspath(folder / WEIGHTS_FILE),
-                                    arch=entry["architecture"], source=path, digest=digest)
+    model = convert_to_weights_file(
+        read_timm_state_dict(path),
+        os.fspath(folder / WEIGHTS_FILE),
+        arch=entry["architecture"],
+        source=path,
+        digest=digest,
+    )
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],

@@ -1,4 +1,5 @@
 """`Weights`: pretrained weights from any source, ready to load into a model."""
+
 import os
 from dataclasses import dataclass, field
 
@@ -9,7 +10,6 @@ from .. import variants
 from ..families import create_from_structure
 from ..model import zeros_initialized
 from ..weights_io import HEAD_DEFAULTS, load_weights_file
-
 
 
 @dataclass

@@ -18,6 +18,7 @@ Modules, one role each as in keras-hub: `convnext_backbone`,
 `convnext_image_converter`; `convnext_from_timm` (from `load_pretrained`'s
 models) and `presets` (writing and uploading preset folders).
 """
+
 from .convnext_backbone import ConvNeXtBackbone
 from .convnext_from_timm import copy_weights, from_model, from_timm
 from .convnext_image_classifier import ConvNeXtImageClassifier

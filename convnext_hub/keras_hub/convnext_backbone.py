@@ -1,4 +1,5 @@
 """`ConvNeXtBackbone`: the ConvNeXt stem and stages as a keras-hub `FeaturePyramidBackbone`."""
+
 import keras
 import numpy as np
 from keras_hub.models import FeaturePyramidBackbone

@@ -3,6 +3,7 @@
 The keras-hub classes build the layers of `convnext_hub.ConvNeXt` under the
 same names, so converting a model is copying each layer's weights by name.
 """
+
 from ..hub import load_pretrained
 from ..model import zeros_initialized
 from .convnext_backbone import ConvNeXtBackbone
@@ -12,8 +13,18 @@ from .convnext_image_converter import ConvNeXtImageConverter
 
 TASKS = ("classifier", "backbone")
 _BACKBONE_ARGS = (
-    "depths", "dims", "use_grn", "layer_scale_init_value", "stem_type", "norm", "norm_eps", "conv_mlp",
-    "kernel_size", "drop_path_rate", "architecture", "pretrained_cfg",
+    "depths",
+    "dims",
+    "use_grn",
+    "layer_scale_init_value",
+    "stem_type",
+    "norm",
+    "norm_eps",
+    "conv_mlp",
+    "kernel_size",
+    "drop_path_rate",
+    "architecture",
+    "pretrained_cfg",
 )
 
 

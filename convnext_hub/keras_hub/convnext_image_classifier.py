@@ -1,4 +1,5 @@
 """`ConvNeXtImageClassifier`: a keras-hub `ImageClassifier` with ConvNeXt's own head."""
+
 import keras
 import numpy as np
 from keras_hub.models import ImageClassifier, Task
@@ -96,9 +97,9 @@ class ConvNeXtImageClassifier(ImageClassifier):
                 "pooling": self.pooling,
                 "activation": self.activation,
                 "dropout": self.dropout,
-                "head_dtype": None if head_dtype is None else keras.dtype_policies.serialize(
-                    keras.dtype_policies.get(head_dtype)
-                ),
+                "head_dtype": None
+                if head_dtype is None
+                else keras.dtype_policies.serialize(keras.dtype_policies.get(head_dtype)),
             }
         )
         return config

@@ -1,4 +1,5 @@
 """`ConvNeXtImageClassifierPreprocessor`: keras-hub's classifier preprocessor with ConvNeXt's converter."""
+
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
 

@@ -1,4 +1,5 @@
 """`ConvNeXtImageConverter`: keras-hub's image converter with timm's eval resize and crop."""
+
 import keras
 import numpy as np
 from keras_hub.layers import ImageConverter
@@ -70,11 +71,17 @@ class ConvNeXtImageConverter(ImageConverter):
             raise ValueError(f"`crop_mode` must be one of {CROP_MODES[:2]}. Received: crop_mode={crop_mode!r}")
         if interpolation not in _TIMM_INTERPOLATION:
             raise ValueError(
-                f"`interpolation` must be one of {tuple(_TIMM_INTERPOLATION)}. Received: interpolation={interpolation!r}"
+                f"`interpolation` must be one of {tuple(_TIMM_INTERPOLATION)}. "
+                f"Received: interpolation={interpolation!r}"
             )
         _per_channel("scale", scale, 1.0)
         super().__init__(
-            image_size=image_size, scale=scale, offset=offset, interpolation=interpolation, antialias=antialias, **kwargs
+            image_size=image_size,
+            scale=scale,
+            offset=offset,
+            interpolation=interpolation,
+            antialias=antialias,
+            **kwargs,
         )
         self.crop_pct = crop_pct
         self.crop_mode = crop_mode

@@ -6,6 +6,7 @@ A preset folder holds keras-hub's file set (`config.json`, `metadata.json`,
 with `keras_hub.models.ImageClassifier.from_preset(folder_or_hf_uri)` once
 `convnext_hub.keras_hub` is imported.
 """
+
 import json
 import os
 from pathlib import Path
@@ -56,8 +57,10 @@ def upload_preset(folder, repo_id, *, private=False, token=None, commit_message=
     if not any((folder / name).is_file() for name in WEIGHTS_FILES):
         missing.append(" or ".join(WEIGHTS_FILES))
     if missing:
-        raise ValueError(f"`folder` is not a keras-hub preset written by write_preset: it lacks {missing}. "
-                         f"Received: folder={os.fspath(folder)!r}")
+        raise ValueError(
+            f"`folder` is not a keras-hub preset written by write_preset: it lacks {missing}. "
+            f"Received: folder={os.fspath(folder)!r}"
+        )
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
@@ -91,10 +94,14 @@ def model_card(model_or_task, *, equivalence=None, repo_id=None):
         "import convnext_hub.keras_hub  # registers the ConvNeXt classes with keras-hub",
         "",
         *(
-            [f'classifier = keras_hub.models.ImageClassifier.from_preset("{uri}")',
-             "classifier.predict(images)  # 0..255 images, any size (one per batch): timm's eval transform is built in",
-             f'finetune = keras_hub.models.ImageClassifier.from_preset("{uri}", num_classes=10)  # fresh head']
-            if is_task else []
+            [
+                f'classifier = keras_hub.models.ImageClassifier.from_preset("{uri}")',
+                "classifier.predict(images)  # 0..255 images, any size (one per batch): "
+                "timm's eval transform is built in",
+                f'finetune = keras_hub.models.ImageClassifier.from_preset("{uri}", num_classes=10)  # fresh head',
+            ]
+            if is_task
+            else []
         ),
         f'backbone = keras_hub.models.Backbone.from_preset("{uri}")  # backbone.pyramid_outputs: P2 ... P5',
         "```",
@@ -120,8 +127,9 @@ def _keras_hub_object(model_or_task):
 
 
 def _front_matter(cfg, is_task):
-    return card_parts.front_matter(cfg, "keras-hub", ("convnext", "keras-hub", "keras"),
-                                   "image-classification" if is_task else None)
+    return card_parts.front_matter(
+        cfg, "keras-hub", ("convnext", "keras-hub", "keras"), "image-classification" if is_task else None
+    )
 
 
 def _source_sentence(cfg, backbone):
