@@ -147,20 +147,14 @@ def run_child(script, backend, argv, timeout=None, env_extra=None):
 
 @contextlib.contextmanager
 def depthwise_formulation(spec):
-    """Sets `DepthwiseConv2D.FORMULATION_ENV` to `spec` (None: leaves it) for the calls traced inside."""
-    from convnext_hub.layers import DepthwiseConv2D
+    """The `jax_depthwise` setting is `spec` (None: left as it is) for the calls traced inside."""
+    from convnext_hub import config
 
-    name = DepthwiseConv2D.FORMULATION_ENV
-    old = os.environ.get(name)
-    if spec is not None:
-        os.environ[name] = spec
-    try:
+    if spec is None:
         yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
+        return
+    with config.settings(jax_depthwise=spec):
+        yield
 
 
 def relative_error(actual, expected):

@@ -1,7 +1,6 @@
 """timm state dict <-> Keras model, strict, through `mapping.weight_slots`."""
 
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import math
@@ -10,8 +9,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from convnext_hub.families import create_from_structure, create_model
-from convnext_hub.fast_path import forget_deferred_variables
+from convnext_hub.arguments import check_keywords
+from convnext_hub.families import create_from_structure, create_model, model_arguments
+from convnext_hub.keras_compat import forget_deferred_variables, saving_through
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
 from . import layouts
@@ -47,6 +47,7 @@ def convert(state_dict, arch=None, *, source=None, progress=False, **model_kwarg
             `include_top`, `features_only`, ...). `num_classes` defaults to the checkpoint's.
             For a custom geometry also `norm_eps` and, where norms have no bias, `norm`.
     """
+    check_keywords("convert", model_kwargs, *model_arguments())
     source = _source_name(state_dict, source)
     with zeros_initialized():  # every weight is set below, or re-initialised if left fresh
         model, state_dict = _model_for(state_dict, arch, source, model_kwargs)
@@ -88,7 +89,7 @@ def convert_to_weights_file(state_dict, path, arch=None, *, source=None, progres
             specs = [(variable.path, tuple(variable.shape), variable.dtype) for variable, _ in plan]
             write_safetensors(path, specs, (written(variable, np.asarray(value)) for variable, value in values), digest)
         else:
-            with _saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
+            with saving_through(model, lambda layer: _streaming_saver(layer, values, written)):
                 model.save_weights(path)
     finally:
         values.close()
@@ -160,20 +161,6 @@ def _streaming_saver(layer, values, written):
             store[str(i)] = written(variable, value)
 
     return save_own_variables
-
-
-@contextlib.contextmanager
-def _saving_through(model, saver_of):
-    """Inside, each weighted layer's `save_own_variables` (Keras' public per-layer saving hook) is
-    `saver_of(layer)`, so Keras' own saver walks the file for us."""
-    for layer in model.layers:
-        if layer.weights:
-            layer.save_own_variables = saver_of(layer)
-    try:
-        yield
-    finally:
-        for layer in model.layers:
-            layer.__dict__.pop("save_own_variables", None)
 
 
 def _progress_bar(plan):

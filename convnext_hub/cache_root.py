@@ -1,4 +1,4 @@
-"""Where convnext_hub keeps what it computes once: `$CONVNEXT_HUB_CACHE`, else `~/.cache/convnext_hub`.
+"""Where convnext_hub keeps what it computes once: `config.current().cache_dir`.
 
 The model core needs it too (the JAX compilation cache of `fast_path`), so it
 lives below the hub, which holds the converted-weights cache in the same root.
@@ -7,12 +7,12 @@ lives below the hub, which holds the converted-weights cache in the same root.
 import os
 import tempfile
 
-ENV_VAR = "CONVNEXT_HUB_CACHE"
+from . import config
 
 
 def default_cache_dir():
-    """`$CONVNEXT_HUB_CACHE`, else `~/.cache/convnext_hub`."""
-    return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "convnext_hub")
+    """`config.current().cache_dir`: `$CONVNEXT_HUB_CACHE`, else `~/.cache/convnext_hub`, or what was set."""
+    return config.current().cache_dir
 
 
 def write_atomically(path, data):

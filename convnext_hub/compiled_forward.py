@@ -19,7 +19,7 @@ Compiled executables go to JAX's persistent compilation cache under
 `<convnext_hub cache>/jax/<jax version>/xla/` (see
 `use_persistent_compilation_cache`), unless the user pointed JAX at another
 directory; the forward's executable is kept however fast it compiled.
-`CONVNEXT_HUB_JAX_COMPILE_CACHE=0` keeps both caches off.
+`config.set_jax_compile_cache(False)` (or `CONVNEXT_HUB_JAX_COMPILE_CACHE=0`) keeps both caches off.
 """
 
 import functools
@@ -35,11 +35,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import config
 from .cache_root import default_cache_dir, write_atomically
 
 logger = logging.getLogger("convnext_hub")
 
-CACHE_SWITCH = "CONVNEXT_HUB_JAX_COMPILE_CACHE"
 PROGRAM_SUFFIX = ".jax_exported"
 UNRELATED_ARGUMENTS = ("self", "args", "kwargs", "name", "pretrained_cfg")  # no effect on the program
 _programs = weakref.WeakKeyDictionary()  # model -> {argument signature -> compiled callable}
@@ -47,8 +47,8 @@ _unwritable = set()  # cache folders found unwritable (said once)
 
 
 def caching_enabled():
-    """False when `CONVNEXT_HUB_JAX_COMPILE_CACHE` is 0 / false / off / no."""
-    return os.environ.get(CACHE_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    """The `jax_compile_cache` setting (`convnext_hub.config`)."""
+    return config.current().jax_compile_cache
 
 
 def cache_dir():

@@ -8,7 +8,8 @@ architecture, depths, dims, ...), as keras.applications users expect;
 import keras
 
 from . import variants
-from .model import ConvNeXt
+from .arguments import check_keywords
+from .model import KERAS_MODEL_ARGUMENTS, ConvNeXt
 from .weights_io import load_weights_file
 
 
@@ -24,6 +25,7 @@ class _Family(ConvNeXt):
         `pretrained`: optional local `.keras` / `.weights.h5` file or a converted
         folder; the classifier is skipped (with a warning) when its number of classes differs.
         """
+        check_keywords(f"{cls.__name__}.from_variant", kwargs, *model_arguments())
         if variant not in cls.MODEL_VARIANTS:
             raise ValueError(
                 f"Unknown {cls.__name__} variant. Received: variant={variant!r}; accepted: {list(cls.MODEL_VARIANTS)}"
@@ -51,6 +53,12 @@ class ConvNeXtV2(_Family):
     MODEL_VARIANTS = variants.V2_VARIANTS
 
 
+def model_arguments():
+    """What `create_model` and the other factories accept as keyword arguments: `ConvNeXt`'s (to check
+    them by name, with the close matches, before anything is built or downloaded)."""
+    return ConvNeXt.__init__, KERAS_MODEL_ARGUMENTS
+
+
 def model_class(use_grn):
     """The family class of a geometry: V2 has GRN."""
     return ConvNeXtV2 if use_grn else ConvNeXtV1
@@ -65,6 +73,7 @@ def create_model(model_name, pretrained=None, **kwargs):
             `converters.timm_to_keras` / `converters.publish`, to load weights from.
         **kwargs: any argument of `ConvNeXt` except the structural ones.
     """
+    check_keywords("create_model", kwargs, *model_arguments())
     config = variants.architecture(model_name)
     clash = sorted(set(config) & set(kwargs))
     if clash:
@@ -83,9 +92,11 @@ def create_from_structure(structure, architecture=None, pretrained=None, **kwarg
 
 def create_convnext_v1(variant="tiny", num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
     """Builds a ConvNeXt V1 `variant` ("atto" ... "xxlarge"); see `ConvNeXt` for the arguments."""
+    check_keywords("create_convnext_v1", kwargs, *model_arguments())
     return ConvNeXtV1.from_variant(variant, num_classes, input_shape, pretrained, **kwargs)
 
 
 def create_convnext_v2(variant="tiny", num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
     """Builds a ConvNeXt V2 `variant` ("atto" ... "huge"); see `ConvNeXt` for the arguments."""
+    check_keywords("create_convnext_v2", kwargs, *model_arguments())
     return ConvNeXtV2.from_variant(variant, num_classes, input_shape, pretrained, **kwargs)

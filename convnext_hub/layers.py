@@ -7,10 +7,11 @@ cannot overflow them (channel-first LayerNorm and GRN overflow in float16).
 
 import contextlib
 import contextvars
-import os
 
 import keras
 from keras import ops
+
+from . import config
 
 PACKAGE = "convnext_hub"
 _SQRT_HALF = 0.5**0.5
@@ -345,23 +346,22 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
       - "nchw": the grouped convolution on a channels-first view with an OIHW kernel;
       - "pad": the grouped convolution with zero channels appended up to a multiple
         of `PAD_CHANNELS_TO`, then sliced off (the zero channels change no output).
-    The default is "shifted" on CPU in inference and "xla" elsewhere. The environment
-    variable named by `FORMULATION_ENV` overrides it for A/B measurements (see
-    `jax_formulation`); it is read when the call is traced.
+    The default is "shifted" on CPU in inference and "xla" elsewhere. The
+    `jax_depthwise` setting (`convnext_hub.config.set_jax_depthwise`) overrides it for
+    A/B measurements (see `jax_formulation`); it is read when the call is traced.
     """
 
-    FORMULATION_ENV = "CONVNEXT_HUB_JAX_DEPTHWISE"
-    JAX_FORMULATIONS = ("xla", "shifted", "nchw", "pad")
+    JAX_FORMULATIONS = config.JAX_DEPTHWISE_FORMULATIONS
     PAD_CHANNELS_TO = 64
 
     @classmethod
     def jax_formulation(cls, channels, training, on_cpu):
         """The JAX formulation a plain layer with `channels` channels runs.
 
-        The variable `FORMULATION_ENV` holds `auto` (or is unset: the per-device
-        default), a name from `JAX_FORMULATIONS` (every plain layer uses it, training
-        included), or `name:N` (layers of at most N channels use it, the others
-        "xla"), so a benchmark can change stage 0 alone.
+        The `jax_depthwise` setting holds `auto` (the per-device default), a name
+        from `JAX_FORMULATIONS` (every plain layer uses it, training included), or
+        `name:N` (layers of at most N channels use it, the others "xla"), so a
+        benchmark can change stage 0 alone; `convnext_hub.config` validates it.
 
         Args:
             channels: input channels of the layer.
@@ -370,20 +370,11 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
         Returns:
             A name from `JAX_FORMULATIONS`.
-
-        Raises:
-            ValueError: the variable holds anything else, so a typo in an A/B run
-                fails instead of silently measuring the default.
         """
-        spec = os.environ.get(cls.FORMULATION_ENV, "").strip().lower() or "auto"
+        spec = config.current().jax_depthwise
         if spec == "auto":
             return "shifted" if on_cpu and not training else "xla"
-        name, colon, limit = spec.partition(":")
-        if name not in cls.JAX_FORMULATIONS or (colon and not limit.isdigit()):
-            raise ValueError(
-                f"{cls.FORMULATION_ENV} must be 'auto', NAME or NAME:MAX_CHANNELS with NAME in "
-                f"{cls.JAX_FORMULATIONS}. Received: {spec!r}"
-            )
+        name, _, limit = spec.partition(":")
         return "xla" if limit and channels > int(limit) else name
 
     def call(self, inputs, training=None):

@@ -8,12 +8,12 @@ mapping to timm keys is mechanical (see `converters.mapping`).
 import contextlib
 import contextvars
 import logging
-import sys
 
 import keras
 import numpy as np
 
-from . import fast_path
+from . import fast_path, keras_compat
+from .arguments import check_keywords
 from .layers import (
     GELU,
     Conv2D,
@@ -29,34 +29,13 @@ from .layers import (
 logger = logging.getLogger("convnext_hub")
 
 MIN_INPUT_SIZE = 32
+KERAS_MODEL_ARGUMENTS = ("trainable",)  # what `keras.Model.from_config` may pass beyond ours
 POOLINGS = ("avg", "max", None)
 STAGE_STRIDES = (4, 8, 16, 32)
 # The head, declared once: the classifier a different `num_classes` replaces
 # (timm's `pretrained_cfg["classifier"]` is "head.fc"), and every layer after the stages.
 CLASSIFIER_LAYER = "head_fc"
 HEAD_LAYERS = ("norm_pre", "head_global_pool", "head_norm", "head_pre_logits_fc", "head_drop", "head_fc", "predictions")
-
-
-@contextlib.contextmanager
-def _tensorflow_left_unimported():
-    """Inside, Keras' serializer does not import TensorFlow (seconds, on JAX or torch) where nothing has.
-
-    It imports it only to ask whether a value is a `tf.TensorShape`, and no
-    value can be one while TensorFlow was never imported. Sets Keras' private
-    record of whether TensorFlow is available, restored on the way out.
-    """
-    try:
-        from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
-    except ImportError:
-        lazy_tensorflow = None
-    if "tensorflow" in sys.modules or getattr(lazy_tensorflow, "_available", True) is not None:
-        yield
-        return
-    lazy_tensorflow._available = False
-    try:
-        yield
-    finally:
-        lazy_tensorflow._available = None
 
 
 def _make_divisible(value, divisor=8):
@@ -169,6 +148,7 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         dtype=None,
         **kwargs,
     ):
+        check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_MODEL_ARGUMENTS)
         input_shape = tuple(input_shape)
         out_indices = tuple(out_indices)
         _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate)
@@ -258,7 +238,7 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def get_config(self):
-        with _tensorflow_left_unimported():
+        with keras_compat.tensorflow_left_unimported():
             return self._config()
 
     def _config(self):

@@ -260,6 +260,8 @@ def _fixed_crop_class():
 def _define_fixed_crop():
     import keras
 
+    from . import keras_compat
+
     @keras.saving.register_keras_serializable(package="convnext_hub")
     class FixedCrop(keras.layers.Layer):
         """Crops a fixed (top, left, height, width) window from HWC/NHWC images.
@@ -272,8 +274,7 @@ def _define_fixed_crop():
         def __init__(self, top, left, height, width, **kwargs):
             super().__init__(**kwargs)
             self.top, self.left, self.height, self.width = top, left, height, width
-            self._convert_input_args = False
-            self._allow_non_tensor_positional_args = True
+            keras_compat.accept_any_input(self)
 
         def call(self, inputs):
             rows = slice(self.top, self.top + self.height)

@@ -11,11 +11,13 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import timm  # noqa: E402,F401
+import torch  # noqa: E402,F401  (must precede keras / tensorflow)
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import timm  # noqa: E402,F401
-import torch  # noqa: E402,F401  (must precede keras / tensorflow)
 
 BACKEND = keras.backend.backend()
 

@@ -32,10 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch  # before keras (tests/conftest.py has imported it already)
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # before keras (tests/conftest.py has imported it already)
 
 from convnext_hub.hub import cache as cache_module  # noqa: E402
 from convnext_hub.hub import load_pretrained  # noqa: E402

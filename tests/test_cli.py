@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import convnext_hub.config
 from converters import BadValueError, KeyMismatchError, ShapeMismatchError, convert, load_checkpoint
 from converters.timm_to_keras import main
 from convnext_hub import create_model
@@ -188,7 +189,7 @@ def test_bad_files_exit_2_and_write_nothing(reference, tmp_path, capsys, case):
 
 def test_timm_hub_name_is_downloaded_and_verified(local_hub, reference, tmp_path, capsys, monkeypatch):
     """SOURCE as a timm Hub name goes through load_pretrained's resolution and huggingface_hub (the local Hub)."""
-    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convnext_hub.config.current(), "cache_dir", str(tmp_path / "cache"))
     ref = random_timm_model("convnext_atto", num_classes=1000, seed=8)
     path = _save(state_dict_numpy(ref), tmp_path / "model.safetensors")
     upload_timm_checkpoint(local_hub, "convnext_atto.d2_in1k", path)

@@ -2,17 +2,18 @@
 
 The formulations exist for the GPU, where they are measured against each other
 (`benchmarks/gpu_run.py`); here each one is forced through
-`CONVNEXT_HUB_JAX_DEPTHWISE` on CPU and must give Keras' values and gradients.
-On the other backends the variable must change nothing.
+the `jax_depthwise` setting on CPU and must give Keras' values and gradients.
+On the other backends the setting must change nothing.
 """
 
 import keras
 import numpy as np
 import pytest
 
+from convnext_hub import config
 from convnext_hub.layers import DepthwiseConv2D
 
-ENV = DepthwiseConv2D.FORMULATION_ENV
+ENV = "CONVNEXT_HUB_JAX_DEPTHWISE"
 BACKEND = keras.backend.backend()
 # Relative to max|reference|: float32 sums taken in another order differ by ~1e-7.
 TOLERANCE = 1e-6
@@ -65,7 +66,7 @@ def _value_and_grads(layer, x, training):
 @pytest.mark.parametrize("shape,kernel_size", CASES)
 @pytest.mark.parametrize("formulation", DepthwiseConv2D.JAX_FORMULATIONS)
 def test_each_jax_formulation_equals_keras(monkeypatch, formulation, shape, kernel_size, training):
-    monkeypatch.setenv(ENV, formulation)
+    monkeypatch.setattr(config.current(), "jax_depthwise", formulation)
     ours, reference, x = _pair(shape, kernel_size)
     assert DepthwiseConv2D.jax_formulation(shape[-1], training, on_cpu=True) == formulation
     out, grad_x, (grad_kernel, grad_bias) = _value_and_grads(ours, x, training)
@@ -78,12 +79,12 @@ def test_each_jax_formulation_equals_keras(monkeypatch, formulation, shape, kern
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the formulations are JAX code paths")
 def test_jit_retraces_with_the_variable(monkeypatch):
-    """The benchmark switches formulations in one process: each new trace reads the variable."""
+    """The benchmark switches formulations in one process: each new trace reads the setting."""
     import jax
 
     ours, reference, x = _pair((1, 6, 6, 5), 7)
     for formulation in DepthwiseConv2D.JAX_FORMULATIONS:
-        monkeypatch.setenv(ENV, formulation)
+        monkeypatch.setattr(config.current(), "jax_depthwise", formulation)
         forward = jax.jit(lambda tv, inputs: ours.stateless_call(tv, [], inputs)[0])
         _assert_close(forward([v.value for v in ours.trainable_variables], x), reference(x), formulation)
 
@@ -91,25 +92,28 @@ def test_jit_retraces_with_the_variable(monkeypatch):
 def test_selection(monkeypatch):
     """The default per device, the channel limit, and refusal of unknown names."""
     select = DepthwiseConv2D.jax_formulation
-    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(config.current(), "jax_depthwise", "auto")
     assert select(96, training=None, on_cpu=True) == "shifted"
     assert select(96, training=True, on_cpu=True) == "xla"
     assert select(96, training=None, on_cpu=False) == "xla"
-    monkeypatch.setenv(ENV, "auto")
     assert select(96, training=False, on_cpu=False) == "xla"
-    monkeypatch.setenv(ENV, "Pad:96")
-    assert select(96, training=True, on_cpu=False) == "pad"
-    assert select(192, training=True, on_cpu=False) == "xla"
+    with config.settings(jax_depthwise="Pad:96"):
+        assert select(96, training=True, on_cpu=False) == "pad"
+        assert select(192, training=True, on_cpu=False) == "xla"
+    assert config.current().jax_depthwise == "auto"
+    assert config.from_environment({ENV: "nchw:64"}).jax_depthwise == "nchw:64"
     for bad in ("cudnn", "pad:", "pad:x", "nchw:-1"):
-        monkeypatch.setenv(ENV, bad)
+        with pytest.raises(ValueError, match="jax_depthwise"):
+            config.set_jax_depthwise(bad)
         with pytest.raises(ValueError, match=ENV):
-            select(96, training=False, on_cpu=False)
+            config.from_environment({ENV: bad})
+    assert config.current().jax_depthwise == "auto"
 
 
-@pytest.mark.skipif(BACKEND == "jax", reason="checks the backends the variable must not touch")
+@pytest.mark.skipif(BACKEND == "jax", reason="checks the backends the setting must not touch")
 @pytest.mark.parametrize("formulation", DepthwiseConv2D.JAX_FORMULATIONS)
-def test_other_backends_ignore_the_variable(monkeypatch, formulation):
-    monkeypatch.setenv(ENV, formulation)
+def test_other_backends_ignore_the_setting(monkeypatch, formulation):
+    monkeypatch.setattr(config.current(), "jax_depthwise", formulation)
     ours, reference, x = _pair(*CASES[0])
     for training in (False, True):
         _assert_close(

@@ -16,6 +16,7 @@ from converters import convert
 from convnext_hub import export
 from tests.checkpoint_factory import random_timm_model, randomize_, state_dict_numpy
 from tests.conftest import BACKEND
+from tests.litert_graph import litert_operators, xnnpack_delegation
 
 REPRESENTATIVE = [
     "convnext_atto",
@@ -153,21 +154,21 @@ def litert_files(tmp_path_factory):
 def test_litert_uses_builtin_ops_only(litert_files):
     """No Flex (SELECT_TF_OPS) or other custom op: the plain LiteRT runtime runs the file."""
     for path in litert_files.values():
-        ops = export.litert_operators(path)
+        ops = litert_operators(path)
         assert not ops["custom"], f"custom ops in {path.name}: {dict(ops['custom'])}"
         assert {"GELU", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(ops["builtin"])
 
 
 def test_litert_fixed_size_runs_whole_on_xnnpack(litert_files):
     """At a fixed size every node is delegated to XNNPack, in one partition."""
-    inside, outside, partitions = export.xnnpack_delegation(litert_files[FIXED_SIZE], (1, *FIXED_SIZE, 3))
+    inside, outside, partitions = xnnpack_delegation(litert_files[FIXED_SIZE], (1, *FIXED_SIZE, 3))
     assert not outside, f"not delegated: {dict(outside)}"
     assert partitions == 1 and inside["FULLY_CONNECTED"] and inside["DEPTHWISE_CONV_2D"]
 
 
 def test_litert_dynamic_size_leaves_only_shape_arithmetic_off_xnnpack(litert_files):
     """With dynamic height / width, only the MLP's run-time reshapes (shape arithmetic) stay off XNNPack."""
-    inside, outside, partitions = export.xnnpack_delegation(litert_files[None], (1, *FIXED_SIZE, 3))
+    inside, outside, partitions = xnnpack_delegation(litert_files[None], (1, *FIXED_SIZE, 3))
     assert set(outside) <= {"SHAPE", "STRIDED_SLICE", "CONCATENATION", "RESHAPE"}, dict(outside)
     assert inside["FULLY_CONNECTED"] and inside["GELU"] and partitions > 1
 
@@ -330,4 +331,4 @@ def test_litert_dynamic_range_int8(tmp_path):
     error = np.abs(int8_logits - float_logits).max() / np.abs(float_logits).max()
     assert 1e-4 < error < 0.1, f"int8 max|d| = {error:.2e} x max|float32|"
     assert _top1_agreement(int8_logits, float_logits) >= 0.9
-    assert not export.litert_operators(paths["litert_int8"])["custom"]
+    assert not litert_operators(paths["litert_int8"])["custom"]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from convnext_hub import create_model, fast_path
+from convnext_hub import config, create_model, fast_path, keras_compat
 from tests.conftest import BACKEND
 
 ON_TORCH = BACKEND == "torch"
@@ -24,7 +24,7 @@ def test_fast_path_equals_keras_call(name, monkeypatch):
     assert fast_path.applies(model, None, None, {}) == ON_TORCH
     x = np.random.RandomState(0).rand(2, 64, 64, 3).astype("float32")
     fast = _run(model, x)
-    monkeypatch.setenv(fast_path.ENV_SWITCH, "0")
+    monkeypatch.setattr(config.current(), "fast_path", False)
     assert not fast_path.applies(model, None, None, {})
     plain = _run(model, x)
     assert len(fast) == len(plain) == 4
@@ -47,8 +47,8 @@ def test_missing_keras_internals_fall_back_with_one_notice(monkeypatch, caplog):
         return
     x = np.random.RandomState(1).rand(1, 64, 64, 3).astype("float32")
     expected = keras.ops.convert_to_numpy(model(x))
-    monkeypatch.setattr(fast_path, "_notice_given", False)
-    monkeypatch.setattr(fast_path, "MODEL_INTERNALS", (*fast_path.MODEL_INTERNALS, "_renamed_by_a_later_keras"))
+    monkeypatch.setattr(keras_compat, "_notice_given", False)
+    monkeypatch.setattr(keras_compat, "MODEL_INTERNALS", (*keras_compat.MODEL_INTERNALS, "_renamed_by_a_later_keras"))
     with caplog.at_level(logging.INFO, logger="convnext_hub"):
         first = keras.ops.convert_to_numpy(model(x))
         second = keras.ops.convert_to_numpy(model(x))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import convnext_hub.config
 from checkpoints import UnknownCheckpointError
 from converters import ArchitectureError
 from converters.publish import main as publish_main
@@ -44,7 +45,7 @@ IMAGES = np.random.default_rng(0).random((2, 64, 72, 3), dtype=np.float32)
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "convnext_hub_cache"
-    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(path))
+    monkeypatch.setattr(convnext_hub.config.current(), "cache_dir", str(path))
     return path
 
 
@@ -171,7 +172,7 @@ def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkp
     """A cached load builds the model without values (a shell) and gives each weight its stored array, rather
     than zeros to be overwritten (a pass over the weights, and on JAX a dispatch per variable); another head
     gets an initialised model and the entry's weights through timm keys."""
-    from convnext_hub.fast_path import is_shell
+    from convnext_hub.weights_io import is_shell
     from convnext_hub.hub import timm_hub
 
     timm_model, weights = checkpoint("convnext_atto")
@@ -198,7 +199,7 @@ def test_fill_shell_is_strict_before_it_reads_anything():
     """`fill_shell` takes `{variable path: array}` and checks every key and shape before reading a value: a
     missing or extra key, or a wrong shape, is a ValueError that names it; a complete set fills the shell."""
     from convnext_hub import create_model
-    from convnext_hub.fast_path import is_shell
+    from convnext_hub.weights_io import is_shell
     from convnext_hub.weights_io import build_shell, fill_shell
 
     source = create_model("convnext_atto", num_classes=7)
@@ -247,7 +248,7 @@ def test_a_filled_shell_keeps_the_aligned_arrays_it_is_given():
 def test_without_shell_internals_loads_build_models_with_values(local_hub, checkpoint, cache_dir, monkeypatch):
     """A Keras without the variable internals shells need: first and cached loads build ordinary models."""
     from convnext_hub import weights_io
-    from convnext_hub.fast_path import is_shell
+    from convnext_hub.weights_io import is_shell
     from convnext_hub.hub import timm_hub
 
     monkeypatch.setattr(weights_io, "shells_supported", lambda: False)

@@ -21,6 +21,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import checkpoints
+import convnext_hub.config
 from converters import convert, load_timm_state_dict
 from converters.randomize import randomize_
 from converters.verification import Comparison, timm_outputs
@@ -309,7 +310,7 @@ def test_preset_round_trip_through_the_hub(local_hub, tmp_path):  # noqa: F811
 
 def test_timm_repos_need_from_timm(local_hub, tmp_path, monkeypatch):  # noqa: F811
     """keras-hub's timm loader refuses ConvNeXt; `from_timm` takes the same repo through load_pretrained."""
-    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convnext_hub.config.current(), "cache_dir", str(tmp_path / "cache"))
     reference = random_timm_model("convnext_atto", seed=4)
     weights = save_safetensors(reference.state_dict(), tmp_path / "model.safetensors")
     config = {"architecture": "convnext_atto", "num_classes": 1000, "pretrained_cfg": CENTER_CFG}
@@ -477,7 +478,7 @@ def test_publish_keras_hub_preset_from_a_hub_checkpoint(local_hub, tmp_path, mon
     from converters import publish as publish_cli
     from tests.hub_server import upload_timm_checkpoint
 
-    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convnext_hub.config.current(), "cache_dir", str(tmp_path / "cache"))
     reference = random_timm_model("convnext_atto", num_classes=1000, seed=21)
     save_safetensors(reference.state_dict(), tmp_path / "atto.safetensors")
     upload_timm_checkpoint(local_hub, "convnext_atto.d2_in1k", tmp_path / "atto.safetensors")

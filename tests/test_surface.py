@@ -17,6 +17,7 @@ import timm
 import torch
 
 import convnext_hub
+import convnext_hub.config
 from converters import ArchitectureError, convert, export_timm_state_dict, load_checkpoint, timm_to_keras, verification
 from converters import publish as publish_cli
 from convnext_hub import saved_folder
@@ -50,7 +51,7 @@ def atto_file(tmp_path_factory):
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(convnext_hub.config.current(), "cache_dir", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 

@@ -25,6 +25,7 @@ hash recorded for a new entry is computed as its file is written.
 
 import concurrent.futures
 import errno
+import functools
 import json
 import logging
 import os
@@ -50,9 +51,15 @@ WEIGHTS_FILE = "variables.safetensors"  # read by `weights_io.fill_shell`: no wa
 META_FILE = "meta.json"
 STALE_TMP_SECONDS = 24 * 3600  # temp dirs left by killed processes are removed after this
 _HASH_CHUNK = 16 << 20
-_hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convnext_hub-verify")
 
 __all__ = ["Cache", "CacheNotWritableError", "Entry", "Refs", "default_cache_dir", "entry_key", "xxh3_file"]
+
+
+@functools.lru_cache(maxsize=None)
+def _hasher():
+    """The one thread that checks entries' hashes while the model is built: made at the first cached load,
+    not at import."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convnext_hub-verify")
 
 
 class CacheNotWritableError(OSError):
@@ -150,7 +157,7 @@ class Cache:
         if problem is not None:
             self._reject(path, problem)
             return None
-        entry = Entry(path, meta, _hasher.submit(_hash_problem, path / WEIGHTS_FILE, meta["weights_xxh3"]))
+        entry = Entry(path, meta, _hasher().submit(_hash_problem, path / WEIGHTS_FILE, meta["weights_xxh3"]))
         return entry if not wait or self.confirm(entry) else None
 
     def confirm(self, entry):

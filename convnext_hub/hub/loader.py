@@ -6,6 +6,8 @@ import os
 import checkpoints
 from checkpoints import NON_COMMERCIAL_LICENSES
 
+from ..arguments import check_keywords
+from ..families import model_arguments
 from . import sources, timm_hub
 from .cache import Cache
 
@@ -25,8 +27,8 @@ def load_pretrained(name, *, revision=None, cache_dir=None, local_files_only=Fal
             or a local checkpoint file / folder (safetensors, PyTorch pickle, HF folder,
             `.keras`, or a folder written by `converters.timm_to_keras` / `publish`).
         revision: branch, tag or commit of the Hub repo (default "main").
-        cache_dir: converted-weights cache; default `$CONVNEXT_HUB_CACHE` or
-            `~/.cache/convnext_hub`. Sources are downloaded into huggingface_hub's cache.
+        cache_dir: converted-weights cache; default `convnext_hub.config`'s `cache_dir`
+            (`$CONVNEXT_HUB_CACHE` or `~/.cache/convnext_hub`). Sources are downloaded into huggingface_hub's cache.
         local_files_only: use only the caches (as with `HF_HUB_OFFLINE=1`).
         token: Hugging Face token for private or gated repos.
         **model_kwargs: any non-structural argument of `convnext_hub.create_model`
@@ -40,12 +42,14 @@ def load_pretrained(name, *, revision=None, cache_dir=None, local_files_only=Fal
         (preprocessing, license, label set) and its `source`.
 
     Raises:
+        TypeError: a keyword argument that no model takes (with the close matches).
         checkpoints.UnknownCheckpointError: `name` is no known checkpoint and does not look like a path.
         FileNotFoundError: `name` looks like a path (a separator or a checkpoint suffix) that does not exist.
         WeightsUnavailableError: offline / Hub unreachable and the weights are in no cache.
         CacheNotWritableError: the cache directory cannot be written.
         converters.ConversionError: the checkpoint does not fit the architecture.
     """
+    check_keywords("load_pretrained", model_kwargs, *model_arguments())
     weights = _weights(name, revision, cache_dir, local_files_only, token)
     model_kwargs.setdefault("num_classes", weights.num_classes)
     model_kwargs["pretrained_cfg"] = weights.pretrained_cfg

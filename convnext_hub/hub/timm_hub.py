@@ -13,7 +13,7 @@ from converters.conversion import convert_to_weights_file, export_timm_state_dic
 from converters.readers import read_safetensors
 from converters.version import CONVERTER_VERSION
 
-from ..fast_path import shells_supported
+from ..keras_compat import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
 from . import fetch
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
@@ -205,7 +205,7 @@ def convert_source(path, entry, remote, folder, digest):
     buffers. The model returned is the conversion's shell: the load fills it
     with a copy-on-write mapping of the new entry, whose pages the write left
     in memory, and every backend keeps those pages as they are (see
-    `fast_path.initialize_deferred`): no second set of weights is allocated.
+    `keras_compat.initialize_deferred`): no second set of weights is allocated.
     """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)

@@ -4,10 +4,12 @@ import keras
 import numpy as np
 from keras_hub.models import FeaturePyramidBackbone
 
+from ..arguments import check_keywords
 from ..layers import ExportsFusablePatterns
 from ..model import STAGE_STRIDES, Builder, check_input_shape
 
 NUM_STAGES = len(STAGE_STRIDES)
+KERAS_HUB_MODEL_ARGUMENTS = ("name", "trainable")  # what keras-hub's `get_config` adds to ours
 
 
 def _check_stage_widths(argument, values):
@@ -83,6 +85,7 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
         dtype=None,
         **kwargs,
     ):
+        check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_HUB_MODEL_ARGUMENTS)
         depths, dims, image_shape = tuple(depths), tuple(dims), tuple(image_shape)
         _check(depths, dims, kernel_size, drop_path_rate)
         check_input_shape(image_shape)

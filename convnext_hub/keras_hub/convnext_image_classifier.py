@@ -4,9 +4,10 @@ import keras
 import numpy as np
 from keras_hub.models import ImageClassifier, Task
 
+from ..arguments import check_keywords
 from ..layers import tracing_for_export
 from ..model import Builder
-from .convnext_backbone import ConvNeXtBackbone
+from .convnext_backbone import KERAS_HUB_MODEL_ARGUMENTS, ConvNeXtBackbone
 from .convnext_image_classifier_preprocessor import ConvNeXtImageClassifierPreprocessor
 
 POOLINGS = ("avg", "max")
@@ -57,6 +58,7 @@ class ConvNeXtImageClassifier(ImageClassifier):
         head_dtype=None,
         **kwargs,
     ):
+        check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_HUB_MODEL_ARGUMENTS)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}")
         if pooling not in POOLINGS:
