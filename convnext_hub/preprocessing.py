@@ -14,6 +14,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from . import keras_compat
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
@@ -259,8 +261,6 @@ def _fixed_crop_class():
 
 def _define_fixed_crop():
     import keras
-
-    from . import keras_compat
 
     @keras.saving.register_keras_serializable(package="convnext_hub")
     class FixedCrop(keras.layers.Layer):

@@ -36,6 +36,13 @@ LAYERS = {
     1: (
         "model core",
         [
+            "convnext_hub.config",
+            "convnext_hub.arguments",
+            "convnext_hub.keras_compat",
+            "convnext_hub.data_format",
+            "convnext_hub.output_stride",
+            "convnext_hub.intermediates",
+            "convnext_hub.remat",
             "convnext_hub.layers",
             "convnext_hub.variants",
             "convnext_hub.model",
@@ -44,7 +51,6 @@ LAYERS = {
             "convnext_hub.weights_io",
             "convnext_hub.preprocessing",
             "convnext_hub.labels",
-            "convnext_hub.finetune",
             "convnext_hub.version",
             "convnext_hub.saved_folder",
             "convnext_hub.cache_root",
@@ -77,6 +83,8 @@ LAYERS = {
             "convnext_hub.export",
             "convnext_hub.keras_hub",
             "convnext_hub.keras_hub.*",
+            "convnext_hub.finetune",
+            "convnext_hub.finetune.*",
         ],
     ),
 }
@@ -109,6 +117,7 @@ LAZY_ALLOWED = {
     "openvino",
     "ai_edge_litert",
     "tflite_runtime",
+    "matplotlib",  # the fine-tuning curves, drawn only when it is installed
     "keras",  # imports its backend (TensorFlow: seconds), after torch where both are needed
     "importlib",  # only reachable in a facade's `__getattr__` (rule 3 checks what it loads)
 }
