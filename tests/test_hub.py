@@ -268,9 +268,14 @@ def test_cached_load_reads_no_source_and_needs_no_torch(local_hub, checkpoint, c
     np.save(tmp_path / "images.npy", IMAGES)
     result = run_python(
         """
-        import shutil, sys
-        sys.modules["torch"] = None  # any import of torch / timm fails
-        sys.modules["timm"] = None
+        import importlib.abc, shutil, sys
+
+        class NoTorch(importlib.abc.MetaPathFinder):  # any import of torch / timm fails, as if not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "timm"):
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+
+        sys.meta_path.insert(0, NoTorch())
         import os
         import numpy as np
         from convnext_hub.hub import load_pretrained
