@@ -67,8 +67,8 @@ def _runners(arch, size, folder):
     import numpy as np
 
     from converters import convert
-    from converters.randomize import randomize_
     from convnext_hub import export
+    from convnext_hub.convert.randomize import randomize_
 
     reference = randomize_(timm.create_model(arch), 0).eval()
     state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}

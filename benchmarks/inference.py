@@ -208,7 +208,7 @@ def _timm_pair(timm, torch, name, args, device, torch_dtype):
 
     ref32 = timm.create_model(name).eval()
     if args.check:
-        from converters.randomize import randomize_
+        from convnext_hub.convert.randomize import randomize_
 
         randomize_(ref32)
     ref = copy.deepcopy(ref32).to(device=device, dtype=torch_dtype)

@@ -51,8 +51,8 @@ def measure(arch, folder):
     import numpy as np
 
     from converters import convert
-    from converters.randomize import randomize_
     from convnext_hub import Preprocessor, export
+    from convnext_hub.convert.randomize import randomize_
 
     reference = randomize_(timm.create_model(arch), 0).eval()
     state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}

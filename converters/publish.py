@@ -13,7 +13,7 @@ loads once `convnext_hub.keras_hub` is imported. Both come with a model card
 otherwise the repo is created (if needed) and the folder uploaded.
 
 When torch and timm are importable, the card states the comparison with timm
-(`converters.verification`: every stage map and the logits, with the source
+(`convnext_hub.convert.verification`: every stage map and the logits, with the source
 weights, on a fixed random input); publishing is refused if it fails.
 """
 
@@ -26,7 +26,6 @@ from pathlib import Path
 import huggingface_hub
 
 from . import cli
-from . import model_card as model_card_parts
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +50,8 @@ def write_folder(name, folder, *, fmt="keras", revision=None, cache_dir=None, to
     if fmt == "keras-hub":
         _require_keras_hub()
     from convnext_hub import saved_folder
+    from convnext_hub.convert.version import CONVERTER_VERSION
     from convnext_hub.hub import load_pretrained
-
-    from .version import CONVERTER_VERSION
 
     model = load_pretrained(name, revision=revision, cache_dir=cache_dir, token=token)
     report = measure_against_timm(model, token) if compare else None
@@ -82,11 +80,10 @@ def _require_keras_hub():
 
 
 def measure_against_timm(model, token=None):
-    """`converters.verification`'s report of `model` against timm with the source weights."""
+    """`convnext_hub.convert.verification`'s report of `model` against timm with the source weights."""
+    from convnext_hub.convert import layouts, verification
+    from convnext_hub.convert.conversion import checkpoint_num_classes
     from convnext_hub.hub.sources import source_state_dict
-
-    from . import layouts, verification
-    from .conversion import checkpoint_num_classes
 
     state_dict = layouts.to_timm_keys(source_state_dict(model.pretrained_cfg, token))
     reference, head_loaded = verification.timm_reference(model, state_dict, checkpoint_num_classes(state_dict))
@@ -96,6 +93,8 @@ def measure_against_timm(model, token=None):
 
 def model_card(config, repo_id=None):
     """README.md with the Hub's YAML front matter, usage, preprocessing, equivalence and license."""
+    from convnext_hub import model_card as model_card_parts  # imports Keras: after `cli.start_frameworks`
+
     cfg = config["pretrained_cfg"] or {}
     name = cfg.get("name") or config["architecture"] or "ConvNeXt"
     front = model_card_parts.front_matter(cfg, "keras", CARD_TAGS)

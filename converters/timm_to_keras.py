@@ -84,13 +84,13 @@ class Source:
 
 def read_source(args):
     """The `Source` for the SOURCE argument or `--random-init`."""
-    from converters.readers import load_checkpoint
+    from convnext_hub.convert.readers import load_checkpoint
 
     if args.random_init:
         import timm
 
-        from converters.randomize import randomize_
         from convnext_hub import variants
+        from convnext_hub.convert.randomize import randomize_
 
         variants.architecture(args.random_init)  # an unknown name: ValueError listing the known ones
 
@@ -118,12 +118,12 @@ def _from_hub(args):
 
 
 def verify(model, source):
-    """Runs `converters.verification` on `model` against timm with the source's weights.
+    """Runs `convnext_hub.convert.verification` on `model` against timm with the source's weights.
 
     Returns the report and `(timm reference, whether its head was loaded)` for checking exports.
     """
-    from converters import layouts, verification
-    from converters.conversion import checkpoint_num_classes
+    from convnext_hub.convert import layouts, verification
+    from convnext_hub.convert.conversion import checkpoint_num_classes
 
     state_dict = source.state_dict
     if state_dict is None:  # loaded from the Hub: compare with the file it was converted from
@@ -159,7 +159,7 @@ def write_output(out, save):
 
 
 def _metadata(source, report):
-    from converters.version import CONVERTER_VERSION
+    from convnext_hub.convert.version import CONVERTER_VERSION
 
     metadata = {"source": source.label, "converter_version": CONVERTER_VERSION}
     if report is not None:
@@ -275,8 +275,8 @@ def _export(args, model, folder, reference):
         return True
     import keras
 
-    from converters import verification
     from convnext_hub import export
+    from convnext_hub.convert import verification
 
     size = None
     if keras.backend.backend() == "torch":  # Keras' torch exporters need a fixed size

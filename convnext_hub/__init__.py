@@ -12,8 +12,8 @@ from .version import __version__
 
 
 def __getattr__(name):
-    # `load_pretrained` belongs to the hub layer, which imports the converters, which import this
-    # package's model core: the facade loads it on first use (PEP 562), never at import.
+    # `load_pretrained` belongs to the hub layer (huggingface_hub, the conversion library): the facade
+    # loads it on first use (PEP 562), so that `import convnext_hub` stays the model core alone.
     if name == "load_pretrained":
         from .hub import load_pretrained
 

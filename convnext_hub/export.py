@@ -4,7 +4,7 @@
 `model.export(path, format=...)`; `run_artifact` loads one in its own runtime
 (onnxruntime, ai-edge-litert's interpreter, `tf.saved_model.load`, OpenVINO) and
 returns its outputs; `check_artifacts` compares those outputs with timm's through
-`converters.verification`, the project's one comparison with timm.
+`convnext_hub.convert.verification`, the project's one comparison with timm.
 
 The export tools are the optional extra `pip install "convnext_hub[export]"`;
 without them `export` names the package to install.
@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from converters import verification
+from convnext_hub.convert import verification
 
 FORMATS = ("onnx", "litert", "saved_model", "openvino")
 # Formats `export` also writes: LiteRT with dynamic-range int8 weights (its converter's `Optimize.DEFAULT`).

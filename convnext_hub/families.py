@@ -19,7 +19,7 @@ class _Family(ConvNeXt):
     MODEL_VARIANTS = {}
 
     @classmethod
-    def from_variant(cls, variant, num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
+    def from_variant(cls, variant, num_classes=1000, input_shape=None, pretrained=None, **kwargs):
         """Builds the `variant` of this family (a key of `MODEL_VARIANTS`).
 
         `pretrained`: optional local `.keras` / `.weights.h5` file or a converted
@@ -90,13 +90,13 @@ def create_from_structure(structure, architecture=None, pretrained=None, **kwarg
     return model
 
 
-def create_convnext_v1(variant="tiny", num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
+def create_convnext_v1(variant="tiny", num_classes=1000, input_shape=None, pretrained=None, **kwargs):
     """Builds a ConvNeXt V1 `variant` ("atto" ... "xxlarge"); see `ConvNeXt` for the arguments."""
     check_keywords("create_convnext_v1", kwargs, *model_arguments())
     return ConvNeXtV1.from_variant(variant, num_classes, input_shape, pretrained, **kwargs)
 
 
-def create_convnext_v2(variant="tiny", num_classes=1000, input_shape=(None, None, 3), pretrained=None, **kwargs):
+def create_convnext_v2(variant="tiny", num_classes=1000, input_shape=None, pretrained=None, **kwargs):
     """Builds a ConvNeXt V2 `variant` ("atto" ... "huge"); see `ConvNeXt` for the arguments."""
     check_keywords("create_convnext_v2", kwargs, *model_arguments())
     return ConvNeXtV2.from_variant(variant, num_classes, input_shape, pretrained, **kwargs)

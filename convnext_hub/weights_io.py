@@ -23,12 +23,12 @@ from .keras_compat import (
     shells_supported,
 )
 from .model import HEAD_LAYERS, zeros_initialized
+from .stored_arrays import array_to_keep, backend_value
 from .variants import structure_mismatches, structure_of
 
 logger = logging.getLogger("convnext_hub")
 
 SAFE_MODULES = ("keras", "convnext_hub")
-ADOPTED_ALIGNMENT = 64  # bytes: what JAX and TensorFlow need to keep an array rather than copy it
 HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
 
 
@@ -187,7 +187,7 @@ def fill_shell(model, tensors, source):
         return model
     try:
         for path, variable in weights.items():
-            initialize_deferred(variable, _backend_value(_own_array(tensors[path]), variable.dtype))
+            initialize_deferred(variable, backend_value(array_to_keep(tensors[path]), variable.dtype))
         for variable in model.variables:  # what is not a weight: e.g. the random seeds' state
             if has_no_value(variable):
                 initialize_with_own_initializer(variable)
@@ -199,41 +199,6 @@ def fill_shell(model, tensors, source):
 def is_shell(model):
     """True when `model`'s weights were declared but never given values (built as a shell)."""
     return any(has_no_value(variable) for variable in model.weights)
-
-
-def _backend_value(value, dtype):
-    """`value` (an array) as this backend's tensor of `dtype`, sharing its memory where the backend can.
-
-    Each backend is handed the array in the form it keeps as it is: torch a
-    tensor sharing its memory, TensorFlow a DLPack view of it, JAX a transfer
-    (which, on the CPU, keeps an array that starts on a 64-byte boundary).
-    """
-    if keras.backend.standardize_dtype(value.dtype) != dtype:
-        return keras.ops.cast(value, dtype)
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax  # a plain transfer: `jnp.asarray` stages a copy, compiled once per shape
-
-        return jax.device_put(value)
-    if not (value.flags.c_contiguous and value.flags.writeable):
-        return value  # Keras copies it
-    if backend == "torch":
-        import torch  # Keras would copy it twice
-
-        return torch.from_numpy(value)
-    if backend == "tensorflow" and value.ctypes.data % ADOPTED_ALIGNMENT == 0:
-        import tensorflow as tf  # Keras would copy it twice; TensorFlow's kernels expect this alignment
-
-        return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
-    return value
-
-
-def _own_array(tensor):
-    """An array the model may keep: a lazy tensor's big values come as a copy-on-write mapping of its
-    file (no copy, no fresh memory: every backend keeps the pages as they are), the rest are read."""
-    if hasattr(tensor, "read"):
-        return tensor.read(mapped=True, writable=True)
-    return np.asarray(tensor)
 
 
 def _weights_and_config(model, path):

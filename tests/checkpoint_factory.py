@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.randomize import randomize_  # noqa: F401  (re-exported for tests)
+from convnext_hub.convert.randomize import randomize_  # noqa: F401  (re-exported for tests)
 
 
 def random_timm_model(arch, num_classes=1000, seed=0, **kwargs):

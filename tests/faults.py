@@ -324,7 +324,7 @@ def logits_of(model):
 
 
 def mismatch(actual, expected):
-    """None when `actual` equals timm's `expected` logits within the bar of `converters.verification`
+    """None when `actual` equals timm's `expected` logits within the bar of `convnext_hub.convert.verification`
     (1e-5 x max|expected|), else what differs. (The loops record problems instead of asserting.)"""
     actual = np.asarray(actual)
     if actual.shape != expected.shape:
@@ -340,9 +340,9 @@ def assert_close(actual, expected):
 
 def stored_state_dict(weights):
     """The timm state dict of an entry's weights file, loaded into a model of ARCH."""
-    from converters.conversion import export_timm_state_dict
-    from converters.readers import read_safetensors
     from convnext_hub import create_model
+    from convnext_hub.convert.conversion import export_timm_state_dict
+    from convnext_hub.convert.readers import read_safetensors
     from convnext_hub.model import zeros_initialized
     from convnext_hub.weights_io import fill_shell
 
@@ -804,7 +804,7 @@ def concurrent_loads(reference, hub, hf_cache, work, count=4, no_locks=False):
 
 def bump_converter_version(monkeypatch):
     """Set CONVERTER_VERSION one higher everywhere it was imported by name; the new version."""
-    from converters.version import CONVERTER_VERSION as old
+    from convnext_hub.convert.version import CONVERTER_VERSION as old
 
     new = str(int(old) + 1) if old.isdigit() else old + ".1"
     for name, module in list(sys.modules.items()):

@@ -75,7 +75,7 @@ def _through_local_hub(same):
 
     with running_hub(Path.cwd() / "hub") as hub:
         upload_timm_checkpoint(hub, TIMM_TAG, Path("atto.safetensors"))
-        os.environ["CONVNEXT_HUB_CACHE"] = str(Path.cwd() / "cache")
+        convnext_hub.config.set_cache_dir(Path.cwd() / "cache")
         same(convnext_hub.load_pretrained("convnext_atto"))  # downloaded, converted, cached
         same(convnext_hub.load_pretrained("convnext_atto"))  # from the cache
     sys.path.pop(0)

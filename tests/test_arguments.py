@@ -68,3 +68,13 @@ def test_settings_refuse_unknown_names():
 def test_no_close_match_still_names_the_argument():
     with pytest.raises(TypeError, match=r"^f\(\) got an unexpected keyword argument 'zzz'$"):
         check_keywords("f", {"zzz": 1}, ["num_classes"])
+
+
+def test_converters_reexports_the_conversion_library():
+    """`converters` lists the library's API statically (it must not import Keras to know it): the lists agree."""
+    import convnext_hub.convert
+
+    assert sorted(converters.__all__) == sorted(convnext_hub.convert.__all__)
+    for name in converters.__all__:
+        assert getattr(converters, name) is getattr(convnext_hub.convert, name)
+    assert converters.verification is convnext_hub.convert.verification

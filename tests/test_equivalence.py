@@ -2,7 +2,7 @@
 
 Compared: logits and every stage's feature map, at a square and a non-square
 odd input size; bar max|d| <= 1e-5 * max|reference| in float32, through
-`converters.verification.compare` (the comparison `--verify` uses; see tests/timm_comparison.py).
+`convnext_hub.convert.verification.compare` (the comparison `--verify` uses; see tests/timm_comparison.py).
 All 28 timm architectures on TensorFlow; a representative set on JAX and torch.
 """
 

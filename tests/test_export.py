@@ -3,7 +3,7 @@
 Every timm parameter is randomized, converted, exported with `convnext_hub.export`
 (Keras' own `model.export`), loaded by the artifact's runtime (onnxruntime,
 ai-edge-litert, `tf.saved_model.load`, OpenVINO) and compared with timm through
-`converters.verification`: max|d| <= 1e-5 * max|timm|, logits and feature maps.
+`convnext_hub.convert.verification`: max|d| <= 1e-5 * max|timm|, logits and feature maps.
 Batch 1 and 3; two image sizes where the artifact's height and width are dynamic.
 Formats the current backend cannot export are skipped with the reason `export.support` gives.
 """

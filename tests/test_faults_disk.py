@@ -52,7 +52,7 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing_valid(hub, reference, tmp
         mount, make_room = request.getfixturevalue("tiny_tmpfs")
         root = mount / "cache"
     elif full_at == "weights":
-        from converters import conversion
+        from convnext_hub.convert import conversion
 
         write, injected = conversion.write_safetensors, []
 

@@ -23,6 +23,7 @@ CHILD = textwrap.dedent(
     import json, os, sys
     import jax, keras
     import numpy as np
+    import convnext_hub
     from convnext_hub import create_model
 
     events = {"programs": 0, "cache_hits": 0}  # programs compiled or loaded from the persistent cache
@@ -52,7 +53,7 @@ CHILD = textwrap.dedent(
     forward("first")
     forward("again")
     if sys.argv[2] == "with_plain":
-        os.environ["CONVNEXT_HUB_FAST_PATH"] = "0"
+        convnext_hub.config.set_fast_path(False)
         forward("plain")
         np.save(os.path.join(sys.argv[1], "predict.npy"), model.predict(x, verbose=0))
     print("RESULT " + json.dumps(result))

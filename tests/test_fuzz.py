@@ -48,8 +48,8 @@ from converters import (
     load_checkpoint,
     to_timm_keys,
 )
-from converters.layouts import LAYOUTS
-from converters.readers import SAFETENSORS_DTYPES, sniff_format
+from convnext_hub.convert.layouts import LAYOUTS
+from convnext_hub.convert.readers import SAFETENSORS_DTYPES, sniff_format
 from tests import checkpoint_factory as cf
 
 # torch's notes on unusual pickle protocols, sparse tensors and the like: noise here;

@@ -23,7 +23,7 @@ from checkpoints import UnknownCheckpointError
 from converters import ArchitectureError
 from converters.publish import main as publish_main
 from converters.publish import publish
-from converters.version import CONVERTER_VERSION
+from convnext_hub.convert.version import CONVERTER_VERSION
 from convnext_hub.hub import Cache, CacheNotWritableError, WeightsUnavailableError, load_pretrained
 from convnext_hub.hub.cache import META_FILE, WEIGHTS_FILE, entry_key
 from tests.checkpoint_factory import (
@@ -172,8 +172,8 @@ def test_cached_load_allocates_each_weight_once_from_the_entry(local_hub, checkp
     """A cached load builds the model without values (a shell) and gives each weight its stored array, rather
     than zeros to be overwritten (a pass over the weights, and on JAX a dispatch per variable); another head
     gets an initialised model and the entry's weights through timm keys."""
-    from convnext_hub.weights_io import is_shell
     from convnext_hub.hub import timm_hub
+    from convnext_hub.weights_io import is_shell
 
     timm_model, weights = checkpoint("convnext_atto")
     upload(local_hub, ATTO, weights)
@@ -199,8 +199,7 @@ def test_fill_shell_is_strict_before_it_reads_anything():
     """`fill_shell` takes `{variable path: array}` and checks every key and shape before reading a value: a
     missing or extra key, or a wrong shape, is a ValueError that names it; a complete set fills the shell."""
     from convnext_hub import create_model
-    from convnext_hub.weights_io import is_shell
-    from convnext_hub.weights_io import build_shell, fill_shell
+    from convnext_hub.weights_io import build_shell, fill_shell, is_shell
 
     source = create_model("convnext_atto", num_classes=7)
     stored = {v.path: keras.ops.convert_to_numpy(v) for v in source.weights}
@@ -230,8 +229,8 @@ def test_fill_shell_is_strict_before_it_reads_anything():
 def test_a_filled_shell_keeps_the_aligned_arrays_it_is_given():
     """What spares a cached load a copy of its weights, on every backend: a shell's variable keeps the
     64-byte-aligned array it is filled with (a cache entry's mapped pages), so a change to the array shows."""
-    from converters.readers import aligned_empty
     from convnext_hub import create_model
+    from convnext_hub.stored_arrays import aligned_empty
     from convnext_hub.weights_io import build_shell, fill_shell
 
     source = create_model("convnext_atto", num_classes=7)
@@ -248,8 +247,8 @@ def test_a_filled_shell_keeps_the_aligned_arrays_it_is_given():
 def test_without_shell_internals_loads_build_models_with_values(local_hub, checkpoint, cache_dir, monkeypatch):
     """A Keras without the variable internals shells need: first and cached loads build ordinary models."""
     from convnext_hub import weights_io
-    from convnext_hub.weights_io import is_shell
     from convnext_hub.hub import timm_hub
+    from convnext_hub.weights_io import is_shell
 
     monkeypatch.setattr(weights_io, "shells_supported", lambda: False)
     monkeypatch.setattr(timm_hub, "shells_supported", lambda: False)

@@ -55,31 +55,34 @@ LAYERS = {
             "convnext_hub.saved_folder",
             "convnext_hub.cache_root",
             "convnext_hub.compiled_forward",
+            "convnext_hub.model_card",
+            "convnext_hub.stored_arrays",
         ],
     ),
     2: (
         "converter library",
         [
-            "converters",
-            "converters.errors",
-            "converters.version",
-            "converters.readers",
-            "converters.writers",
-            "converters.layouts",
-            "converters.mapping",
-            "converters.conversion",
-            "converters.randomize",
-            "converters.verification",
+            "convnext_hub.convert",
+            "convnext_hub.convert.errors",
+            "convnext_hub.convert.version",
+            "convnext_hub.convert.readers",
+            "convnext_hub.convert.writers",
+            "convnext_hub.convert.layouts",
+            "convnext_hub.convert.mapping",
+            "convnext_hub.convert.conversion",
+            "convnext_hub.convert.randomize",
+            "convnext_hub.convert.verification",
         ],
     ),
     3: ("hub", ["convnext_hub.hub", "convnext_hub.hub.*"]),
     4: (
         "tools",
         [
+            "converters",
             "converters.timm_to_keras",
             "converters.publish",
             "converters.cli",
-            "converters.model_card",
+            "converters.verification",
             "convnext_hub.export",
             "convnext_hub.keras_hub",
             "convnext_hub.keras_hub.*",
@@ -92,9 +95,9 @@ LAYERS = {
 # Eager imports obey the first; a name the facade provides only lazily counts as the second for its importers.
 FACADES = {
     "convnext_hub": (1, 3),  # the public API: models eagerly, `load_pretrained` (hub) on first use
-    # Loads its own modules on first use so that `python -m converters.timm_to_keras` can import torch
-    # and timm before anything imports keras / TensorFlow (the other order crashes some Linux machines).
-    "converters": (2, 2),
+    # Re-exports `convnext_hub.convert` on first use so that `python -m converters.timm_to_keras` can import
+    # torch and timm before anything imports keras / TensorFlow (the other order crashes some Linux machines).
+    "converters": (4, 2),
 }
 # Command-line entry modules: they import torch and timm (for --verify) before anything imports Keras and
 # TensorFlow (`converters.cli.start_frameworks`), so the project modules that import Keras are imported
@@ -348,13 +351,13 @@ import torch
 from . import cache
 from .. import variants
 from ..families import create_model
-from converters import readers, convert
+from convnext_hub.convert import readers, convert
 import convnext_hub.hub.fetch
 
 
 def f():
     import timm
-    from converters.conversion import convert
+    from convnext_hub.convert.conversion import convert
     importlib.import_module("convnext_hub.layers")
     importlib.import_module(f".{name}", __name__)
     importlib.import_module(optional_tool)
@@ -369,19 +372,19 @@ def test_the_checker_sees_every_kind_of_import():
         ("convnext_hub.hub.cache", None, None),
         ("convnext_hub.variants", None, None),
         ("convnext_hub.families", "create_model", None),
-        ("converters.readers", None, None),
-        ("converters", "convert", None),
+        ("convnext_hub.convert.readers", None, None),
+        ("convnext_hub.convert", "convert", None),
         ("convnext_hub.hub.fetch", None, None),
         ("timm", None, "f"),
-        ("converters.conversion", "convert", "f"),
+        ("convnext_hub.convert.conversion", "convert", "f"),
         ("convnext_hub.layers", None, "f"),
         ("<dynamic>", None, "f"),
     ]
     assert layer_of("convnext_hub.hub.cache") == 3 and layer_of("convnext_hub.model") == 1
     assert layer_of("convnext_hub.keras_hub.backbone") == 4 and layer_of("convnext_hub.nope") is None
-    assert layer_of("checkpoints.generate") == 0 and layer_of("converters") == 2
-    lazy = Import("converters.layouts", "convnext_hub", 1, None, "load_pretrained")
-    eager = Import("converters.layouts", "convnext_hub", 1, None, "create_model")
+    assert layer_of("checkpoints.generate") == 0 and layer_of("converters") == 4
+    lazy = Import("convnext_hub.convert.layouts", "convnext_hub", 1, None, "load_pretrained")
+    eager = Import("convnext_hub.convert.layouts", "convnext_hub", 1, None, "create_model")
     assert lazy.target_layer == 3 and eager.target_layer == 1
 
 

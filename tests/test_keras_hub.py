@@ -23,9 +23,9 @@ from timm.data import create_transform, resolve_data_config
 import checkpoints
 import convnext_hub.config
 from converters import convert, load_timm_state_dict
-from converters.randomize import randomize_
-from converters.verification import Comparison, timm_outputs
 from convnext_hub import ConvNeXt, create_model
+from convnext_hub.convert.randomize import randomize_
+from convnext_hub.convert.verification import Comparison, timm_outputs
 from convnext_hub.keras_hub import (
     ConvNeXtBackbone,
     ConvNeXtImageClassifier,

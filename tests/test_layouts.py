@@ -1,4 +1,4 @@
-"""converters.layouts: official / HF / open_clip keys -> timm keys, and architecture inference."""
+"""convnext_hub.convert.layouts: official / HF / open_clip keys -> timm keys, and architecture inference."""
 
 import logging
 
@@ -16,7 +16,7 @@ from converters import (
     infer_architecture,
     to_timm_keys,
 )
-from converters.layouts import check_architecture
+from convnext_hub.convert.layouts import check_architecture
 from tests import checkpoint_factory as cf
 
 TIMM_ARCHS = timm.list_models("convnext*")

@@ -11,8 +11,8 @@ import timm
 import torch
 
 import convnext_hub
-from converters.mapping import weight_slots
 from convnext_hub import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model
+from convnext_hub.convert.mapping import weight_slots
 from convnext_hub.model import zeros_initialized
 
 BIG = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}

@@ -1,4 +1,4 @@
-"""converters.readers: every checkpoint format, read exactly, and every broken or unsafe file refused."""
+"""convnext_hub.convert.readers: every checkpoint format, read exactly, and every broken or unsafe file refused."""
 
 import argparse
 import json
@@ -335,11 +335,11 @@ def test_check_finite():
             check_finite(sd, "x.pth")
 
 
-def test_readers_import_no_torch_timm_keras():
-    # The package facade and the readers import no framework (`python -m converters.timm_to_keras` must be
-    # able to import torch before Keras); `layouts` reads the model core's architecture table, so it may.
+def test_command_line_modules_import_no_torch_timm_keras():
+    # The tools' package facade and entry modules import no framework: `python -m converters.timm_to_keras`
+    # must be able to import torch before Keras (the library, inside convnext_hub, imports Keras).
     code = (
-        "import sys; import converters, converters.errors, converters.readers; "
+        "import sys; import converters, converters.cli, converters.timm_to_keras, converters.publish; "
         "print(sorted(m for m in ('torch', 'timm', 'keras', 'tensorflow', 'jax') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -363,7 +363,7 @@ def test_a_writable_mapped_read_shares_the_page_cache_until_written(tmp_path):
     without copying them; writing one value copies one page; the file never changes."""
     from safetensors.numpy import save_file
 
-    from converters.readers import read_safetensors
+    from convnext_hub.convert.readers import read_safetensors
 
     expected = np.random.default_rng(1).standard_normal((16, 1 << 20)).astype("float32")  # 64 MB
     path = tmp_path / "w.safetensors"
@@ -382,7 +382,8 @@ def test_mapped_read_equals_read_and_refuses_a_file_shrunk_after_opening(tmp_pat
     a file cut short after its header was checked is refused with the key, not a crash (SIGBUS)."""
     from safetensors.numpy import save_file
 
-    from converters.readers import MIN_MAPPED_BYTES, read_safetensors
+    from convnext_hub.convert.readers import read_safetensors
+    from convnext_hub.stored_arrays import MIN_MAPPED_BYTES
 
     rng = np.random.default_rng(0)
     tensors = {

@@ -1,9 +1,12 @@
-"""The README's code runs as written.
+"""The code of the README and of the documentation (`docs/**/*.md`) runs as written.
+
+The rules below hold for every page alike; "the README" in them means any of those pages.
 
 * Every ```python block runs in a fresh interpreter of its own (TensorFlow backend), in an empty
   temporary working directory, with the package as installed (no PYTHONPATH). Blocks do not share
   variables: each must stand alone, as a reader copies it. A block that uses a name only an earlier
-  block defines fails with a NameError, reported as a README bug (the message names the earlier block).
+  block of the same page defines fails with a NameError, reported as a bug of that page (the message names
+  the earlier block).
 * Every ```bash / ```sh / ```shell block that installs nothing (no `pip install`, no `python -m venv`)
   runs with `bash -e -o pipefail` in an empty temporary directory, the test's Python first on PATH.
   Blocks that install are listed as skipped with that reason.
@@ -48,7 +51,11 @@ import checkpoints
 from tests.checkpoint_factory import RandomCheckpoints
 from tests.hub_server import running_hub, upload_timm_checkpoint
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# The pages whose code blocks run: the README first, then the documentation site's pages.
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 BLOCK_TIMEOUT = 600  # seconds for one block
 
 # ----------------------------------------------------------------------------------------------- the tables
@@ -60,7 +67,7 @@ SUBSTITUTIONS = [
         "input_shape=(32, 32, 3), drop_path_rate=0.1",
         "fine-tuning: 32x32 inputs instead of 224x224 (same code path, 49x less compute)",
     ),
-    ("epochs=10, peak_lr=1e-4", "epochs=1, peak_lr=1e-4", "fine-tuning: one epoch of stage 2 instead of ten"),
+    ("epochs=10,", "epochs=1,", "fine-tuning: one epoch of stage 2 instead of ten"),
 ]
 
 # Names the README leaves to the reader -> (what they stand for, an expression; `np`, `Image` and a seeded
@@ -88,7 +95,7 @@ FILES = {
 
 # hf://ORG/REPO -> (the registry name it is published from, why that one).
 KERAS_REPOS = {
-    "my-org/convnextv2-base-keras": ("convnextv2_base", "its name says convnextv2 base"),
+    "my-org/convnextv2-atto-keras": ("convnextv2_atto.fcmae_ft_in1k", "the README publishes that checkpoint there"),
 }
 
 INSTALLS = re.compile(
@@ -110,13 +117,26 @@ INLINE_API = re.compile(
 @dataclass
 class Block:
     lang: str  # "python" or "shell"
-    code: str  # as written in the README
-    line: int  # README line of the block's first code line
-    skip: str | None = None  # reason, from a README marker
+    code: str  # as written in the page
+    line: int  # page line of the block's first code line
+    skip: str | None = None  # reason, from a marker in the page
+    page: Path = README  # the Markdown file the block is in
+
+    @property
+    def page_name(self):
+        """The page's path from the repository root: `README.md`, `docs/hub.md`."""
+        try:
+            return self.page.relative_to(ROOT).as_posix()
+        except ValueError:
+            return self.page.name
+
+    @property
+    def where(self):
+        return f"{self.page_name} line {self.line}"
 
     @property
     def id(self):
-        return f"L{self.line}-{self.lang}"
+        return f"{self.page_name}:L{self.line}-{self.lang}"
 
     @property
     def installs(self):
@@ -127,8 +147,8 @@ class Block:
         return self.skip is None and not self.installs
 
 
-def readme_blocks(text):
-    """The fenced python / shell blocks of `text`, with their README markers."""
+def readme_blocks(text, page=README):
+    """The fenced python / shell blocks of `text` (the page `page`), with their markers."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         fence = re.match(r"^(\s*)(```+|~~~+)\s*([\w+-]*)", lines[i])
@@ -152,12 +172,13 @@ def readme_blocks(text):
                     code,
                     start + 2,
                     marker["reason"].strip() if marker else None,
+                    page,
                 )
             )
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text())
+BLOCKS = [block for page in PAGES for block in readme_blocks(page.read_text(), page)]
 
 
 def substituted(block):
@@ -239,7 +260,7 @@ namespace = {"__name__": "__main__"}
 
 def __readme_count__(value, count, line):
     line += spec["first_line"] - 1
-    assert len(value) == count, f"README line {line}: the comment says {count}, the code gives {len(value)}"
+    assert len(value) == count, f"{spec['page']} line {line}: the comment says {count}, the code gives {len(value)}"
     return value
 
 
@@ -303,7 +324,7 @@ class ReadmeHub:
         for name in names:
             self.serve(name)
         for repo_id in repos:
-            assert repo_id in KERAS_REPOS, f"README line {block.line}: hf://{repo_id} is not in KERAS_REPOS"
+            assert repo_id in KERAS_REPOS, f"{block.where}: hf://{repo_id} is not in KERAS_REPOS"
             self.publish(repo_id)
         for name in FILES:
             if name in block.code:
@@ -330,7 +351,7 @@ def block_env(tmp_path):
 
 def defined_earlier(name, block):
     for other in BLOCKS:
-        if other.line < block.line and other.lang == "python":
+        if other.page == block.page and other.line < block.line and other.lang == "python":
             try:
                 if name in {
                     n.id
@@ -354,12 +375,12 @@ TF_NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
 def failure(block, result):
     stderr = [line for line in result.stderr.splitlines() if not TF_NOISE.match(line)]
     tail = "\n".join(result.stdout.splitlines()[-15:] + stderr[-40:])
-    message = f"README block at line {block.line} ({block.lang}) failed, exit {result.returncode}:\n{tail}"
+    message = f"{block.page_name} block at line {block.line} ({block.lang}) failed, exit {result.returncode}:\n{tail}"
     name_error = re.search(r"NameError: name '(\w+)' is not defined", result.stderr)
     if name_error and (earlier := defined_earlier(name_error[1], block)):
         message += (
-            f"\n\n`{name_error[1]}` is defined only in the block at README line {earlier.line}: "
-            "each block must stand alone (README bug)"
+            f"\n\n`{name_error[1]}` is defined only in the block at {earlier.where}: "
+            f"each block must stand alone (a bug of {block.page_name})"
         )
     return message
 
@@ -372,9 +393,9 @@ def _block_params():
     for block in BLOCKS:
         marks = []
         if block.skip is not None:
-            marks = [pytest.mark.skip(reason=f"README line {block.line}: readme-test marker: {block.skip}")]
+            marks = [pytest.mark.skip(reason=f"{block.where}: readme-test marker: {block.skip}")]
         elif block.installs:
-            marks = [pytest.mark.skip(reason=f"README line {block.line}: installs (pip install / venv): not run")]
+            marks = [pytest.mark.skip(reason=f"{block.where}: installs (pip install / venv): not run")]
         params.append(pytest.param(block, id=block.id, marks=marks))
     return params
 
@@ -401,7 +422,8 @@ def test_readme_block_runs(block, readme_hub, tmp_path):
         spec = {
             "code": checked,
             "first_line": block.line,
-            "readme": str(README),
+            "readme": str(block.page),
+            "page": block.page_name,
             "free_names": {name: FREE_NAMES[name][1] for name in sorted(free_names(code) & set(FREE_NAMES))},
         }
         (tmp_path / "block.json").write_text(json.dumps(spec))
@@ -421,7 +443,9 @@ def test_readme_block_runs(block, readme_hub, tmp_path):
 def test_every_table_entry_is_used():
     """A substitution that matches nothing, a free name no block uses, an unused file or repo: the table rotted."""
     runnable = [b for b in BLOCKS if b.runnable]
-    assert {b.lang for b in runnable} == {"python", "shell"}, f"the README's blocks were not found: {BLOCKS}"
+    in_readme = {b.lang for b in runnable if b.page == README}
+    assert in_readme == {"python", "shell"}, f"the README's blocks were not found: {BLOCKS}"
+    assert {b.page for b in runnable} > {README}, f"no runnable block found in {DOCS}"
     python = [b for b in runnable if b.lang == "python"]
     unused = [
         f"SUBSTITUTIONS: {old!r} matches no runnable block"
@@ -482,32 +506,35 @@ def call_problem(obj, args):
 def test_inline_api_references_exist():
     """`convnext_hub.preprocess_image(...)` in the prose must exist as written (not only in a submodule)."""
     problems = []
-    for number, line in enumerate(README.read_text().splitlines(), 1):
-        for match in INLINE_API.finditer(line):
-            try:
-                obj = resolve_api(match["name"])
-            except (ImportError, AttributeError) as error:
-                problems.append(f"README line {number}: `{match['name']}` does not exist ({error})")
-                continue
-            if match["args"] is not None and callable(obj):
+    for page in PAGES:
+        name = Block("python", "", 0, page=page).page_name
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for match in INLINE_API.finditer(line):
                 try:
-                    problem = call_problem(obj, match["args"])
-                except SyntaxError:
-                    continue  # a placeholder, not Python (e.g. `NAME --repo-id ORG/REPO`)
-                if problem:
-                    problems.append(f"README line {number}: `{match['name']}({match['args']})`: {problem}")
+                    obj = resolve_api(match["name"])
+                except (ImportError, AttributeError) as error:
+                    problems.append(f"{name} line {number}: `{match['name']}` does not exist ({error})")
+                    continue
+                if match["args"] is not None and callable(obj):
+                    try:
+                        problem = call_problem(obj, match["args"])
+                    except SyntaxError:
+                        continue  # a placeholder, not Python (e.g. `NAME --repo-id ORG/REPO`)
+                    if problem:
+                        problems.append(f"{name} line {number}: `{match['name']}({match['args']})`: {problem}")
     assert not problems, "\n".join(problems)
 
 
-def test_skip_markers_sit_right_before_a_block():
-    text = README.read_text()
-    lines = text.splitlines()
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: Block("python", "", 0, page=page).page_name)
+def test_skip_markers_sit_right_before_a_block(page):
+    lines = page.read_text().splitlines()
     for number, line in enumerate(lines, 1):
         if "readme-test" in line:
-            assert SKIP_MARKER.search(line), f"README line {number}: malformed marker {line.strip()!r}"
+            where = f"{page.name} line {number}"
+            assert SKIP_MARKER.search(line), f"{where}: malformed marker {line.strip()!r}"
             following = next((ln for ln in lines[number:] if ln.strip()), "")
-            assert following.lstrip().startswith(("```", "~~~")), f"README line {number}: a marker not before a block"
-            assert SKIP_MARKER.search(line)["reason"].strip(), f"README line {number}: a marker without a reason"
+            assert following.lstrip().startswith(("```", "~~~")), f"{where}: a marker not before a block"
+            assert SKIP_MARKER.search(line)["reason"].strip(), f"{where}: a marker without a reason"
 
 
 def test_the_reader_finds_blocks_names_and_counts():
@@ -530,10 +557,12 @@ def test_the_reader_finds_blocks_names_and_counts():
     code, checks = with_count_checks("import a\n\na.f(1,\n  2)  # the 98 things\nb = 3  # the 2 others\n")
     assert checks == [(3, 98)]
     assert with_count_checks("f()  # all 98\ng()  # -> 4 maps\nh()  # 1e-5 bar\n")[1] == [(1, 98)]
-    assert resolve_api("converters.verification.compare").__name__ == "compare"
+    assert resolve_api("convnext_hub.convert.verification.compare").__name__ == "compare"
     with pytest.raises(AttributeError):
         resolve_api("convnext_hub.no_such_function")
-    assert call_problem(resolve_api("converters.verification.compare"), "model, timm_model, images") is None
-    assert "no argument 'colour'" in call_problem(resolve_api("converters.verification.compare"), "m, r, i, colour=1")
+    assert call_problem(resolve_api("convnext_hub.convert.verification.compare"), "model, timm_model, images") is None
+    assert "no argument 'colour'" in call_problem(
+        resolve_api("convnext_hub.convert.verification.compare"), "m, r, i, colour=1"
+    )
     assert "positional" in call_problem(resolve_api("checkpoints.resolve"), "a, b")
     assert code == "import a\n\n__readme_count__(a.f(1,\n  2), 98, 3)  # the 98 things\nb = 3  # the 2 others\n"

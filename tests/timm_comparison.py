@@ -1,6 +1,6 @@
-"""The tests' comparison with a reference model: `converters.verification`, the project's one comparison.
+"""The tests' comparison with a reference model: `convnext_hub.convert.verification`, the project's one comparison.
 
-`converters.verification.compare(model, reference, images)` compares every stage map and the logits
+`convnext_hub.convert.verification.compare(model, reference, images)` compares every stage map and the logits
 of a Keras ConvNeXt with a timm module, each against max|reference| (bar `TOLERANCE` = 1e-5); it is
 what `timm_to_keras --verify` and `publish` use. The helpers here only turn its `Report` into test
 assertions, and hold references that are not timm modules (Hugging Face transformers models) to the
@@ -10,7 +10,7 @@ proves that the comparison catches a wrong model.
 
 import numpy as np
 
-from converters.verification import (  # noqa: F401  (re-exported: the tests' one import for comparisons)
+from convnext_hub.convert.verification import (  # noqa: F401  (re-exported: the tests' one import for comparisons)
     STAGE_NAMES,
     TOLERANCE,
     Comparison,

@@ -41,7 +41,7 @@ import keras
 import xxhash
 from filelock import FileLock, Timeout
 
-from converters.version import CONVERTER_VERSION
+from convnext_hub.convert.version import CONVERTER_VERSION
 
 from ..cache_root import default_cache_dir, write_atomically
 

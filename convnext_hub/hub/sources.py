@@ -8,11 +8,11 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from converters import ArchitectureError, infer_architecture
-from converters.conversion import checkpoint_num_classes
-from converters.layouts import inferred_structure
+from convnext_hub.convert.conversion import checkpoint_num_classes
+from convnext_hub.convert.layouts import inferred_structure
 
 from .. import saved_folder, variants
+from ..convert import ArchitectureError, infer_architecture
 from ..weights_io import read_keras_config
 from . import fetch
 from .weights import HEAD_DEFAULTS, Weights, read_timm_state_dict

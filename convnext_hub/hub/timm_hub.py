@@ -9,9 +9,9 @@ from typing import Callable
 
 import keras
 
-from converters.conversion import convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
-from converters.readers import read_safetensors
-from converters.version import CONVERTER_VERSION
+from convnext_hub.convert.conversion import convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
+from convnext_hub.convert.readers import read_safetensors
+from convnext_hub.convert.version import CONVERTER_VERSION
 
 from ..keras_compat import shells_supported
 from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell

@@ -3,10 +3,10 @@
 import os
 from dataclasses import dataclass, field
 
-from converters import load_checkpoint, to_timm_keys
-from converters.conversion import export_timm_state_dict, load_timm_state_dict
+from convnext_hub.convert.conversion import export_timm_state_dict, load_timm_state_dict
 
 from .. import variants
+from ..convert import load_checkpoint, to_timm_keys
 from ..families import create_from_structure
 from ..model import zeros_initialized
 from ..weights_io import HEAD_DEFAULTS, load_weights_file

@@ -14,7 +14,7 @@ from pathlib import Path
 import huggingface_hub
 from keras_hub.models import Backbone, Task
 
-from converters import model_card as card_parts
+from convnext_hub import model_card as card_parts
 
 from .convnext_from_timm import from_model
 
@@ -75,7 +75,7 @@ def model_card(model_or_task, *, equivalence=None, repo_id=None):
     Args:
         model_or_task: the keras-hub task or backbone of the preset.
         equivalence: the comparison with timm with the same weights
-            (`converters.verification.Report.as_dict()`); None: not measured.
+            (`convnext_hub.convert.verification.Report.as_dict()`); None: not measured.
         repo_id: the Hub repo the preset goes to, for the usage snippet.
     """
     backbone = model_or_task if isinstance(model_or_task, Backbone) else model_or_task.backbone

@@ -24,7 +24,7 @@ def front_matter(cfg, library, tags, pipeline_tag="image-classification"):
 
 
 def equivalence_line(equivalence):
-    """One sentence from `converters.verification.Report.as_dict()` (None: not measured)."""
+    """One sentence from `convnext_hub.convert.verification.Report.as_dict()` (None: not measured)."""
     if not equivalence:
         return "Not measured (torch and timm were not installed where this model was published)."
     rows = ", ".join(

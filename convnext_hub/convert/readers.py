@@ -11,15 +11,14 @@ import argparse
 import json
 import logging
 import math
-import mmap
 import os
 import pickle
 import re
 import struct
-import sys
 
 import numpy as np
 
+from ..stored_arrays import MIN_MAPPED_BYTES, aligned_empty, mapped_view
 from .errors import CheckpointFormatError, KeyMismatchError
 
 logger = logging.getLogger("converters")
@@ -259,52 +258,6 @@ def _decode(raw, dtype):
     return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
 
-MIN_MAPPED_BYTES = 1 << 20  # smaller tensors are read: mapping them costs more than it saves
-DATA_ALIGNMENT = 64  # bytes: where the safetensors files written here start their data and big tensors
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
-
-
-def aligned_empty(shape, dtype, alignment=DATA_ALIGNMENT):
-    """A new uninitialised array whose data starts on an `alignment`-byte boundary (as mapped tensors of
-    a cache entry do): JAX and TensorFlow keep such an array as a weight instead of copying it."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    buffer = np.empty(nbytes + alignment, np.uint8)
-    start = -buffer.ctypes.data % alignment
-    return buffer[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def _mapped_view(f, offset, nbytes, writable=False):
-    """uint8 view of bytes `offset:offset + nbytes` of open file `f`, its pages mapped at once.
-
-    Read-only; or, `writable`, a private copy-on-write mapping: the page cache's
-    own pages until one is written, which copies that page only, and the file
-    never changes. (`MAP_POPULATE` would copy every page of a writable private
-    mapping up front, so those pages are mapped with `MADV_POPULATE_READ`.)
-    """
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    length = offset + nbytes - start
-    if writable:
-        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=start)
-        _map_pages_now(mapping)
-    elif hasattr(mmap, "MAP_POPULATE"):  # Linux: fault the pages in with one call, not one fault per page
-        mapping = mmap.mmap(
-            f.fileno(), length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ, offset=start
-        )
-    else:
-        mapping = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
-    return np.frombuffer(mapping, np.uint8, count=nbytes, offset=offset - start)
-
-
-def _map_pages_now(mapping):
-    """Maps every page of `mapping` readable in one call, copying none (Linux 5.14+); elsewhere pages
-    are mapped as they are first touched."""
-    if MADV_POPULATE_READ is not None:
-        try:
-            mapping.madvise(MADV_POPULATE_READ)
-        except OSError:  # an older kernel
-            pass
-
-
 class LazyTensor:
     """One tensor of a validated safetensors file, read from disk each time it is turned into an array.
 
@@ -334,7 +287,7 @@ class LazyTensor:
             if os.fstat(f.fileno()).st_size < self._offset + self._nbytes:
                 raise self._ended_early()
             if mapped and self.stored_dtype == "F32" and self._nbytes >= MIN_MAPPED_BYTES:
-                view = _mapped_view(f, self._offset, self._nbytes, writable)
+                view = mapped_view(f, self._offset, self._nbytes, writable)
                 return view.view(stored).reshape(self.shape)
             raw = scratch(self.shape, stored) if scratch else aligned_empty(self.shape, stored)
             f.seek(self._offset)

@@ -14,10 +14,10 @@ from convnext_hub.families import create_from_structure, create_model, model_arg
 from convnext_hub.keras_compat import forget_deferred_variables, saving_through
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
+from ..stored_arrays import DATA_ALIGNMENT
 from . import layouts
 from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from .mapping import timm_module_path, weight_slots
-from .readers import DATA_ALIGNMENT
 from .writers import write_safetensors
 
 logger = logging.getLogger("converters")

@@ -11,7 +11,8 @@ import struct
 
 import numpy as np
 
-from .readers import DATA_ALIGNMENT, SAFETENSORS_DTYPES
+from ..stored_arrays import DATA_ALIGNMENT
+from .readers import SAFETENSORS_DTYPES
 
 SAFETENSORS_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # the dtypes Keras weights have
 
