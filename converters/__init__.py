@@ -36,6 +36,8 @@ __all__ = [
 
 
 def __getattr__(name):
+    if name == "errors":  # the error types belong to the model core, which raises some of them too
+        return importlib.import_module("convnext_hub.errors")
     if name in _SUBMODULES:
         return importlib.import_module(f"{_LIBRARY}.{name}")
     if name in __all__:

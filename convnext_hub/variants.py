@@ -8,6 +8,8 @@ checks parameter counts and weight shapes against timm for every entry.
 import difflib
 import fnmatch
 
+from .errors import ArchitectureError
+
 _V1 = dict(use_grn=False, layer_scale_init_value=1e-6)
 _V2 = dict(use_grn=True, layer_scale_init_value=None)
 
@@ -95,6 +97,19 @@ def structure_mismatches(stored, expected):
         for key in STRUCTURAL_KEYS
         if key in stored and plain(stored[key]) != plain(expected[key])
     ]
+
+
+def check_structure(stored, expected, source, expected_name):
+    """Raises `ArchitectureError` when the stored model config `stored` sets a structural argument otherwise
+    than `expected` (the structure of `expected_name`: an architecture, or the model being loaded into).
+
+    The one structure check of the package: saved folders, `.keras` files and
+    weights loaded into a model all go through it.
+    """
+    for key, stored_value, value in structure_mismatches(stored, expected):
+        raise ArchitectureError(
+            f"{source}: {key}={stored_value!r} does not match {expected_name}, which has {key}={value!r}"
+        )
 
 
 def structure_of(config):

@@ -24,7 +24,7 @@ from .keras_compat import (
 )
 from .model import HEAD_LAYERS, zeros_initialized
 from .stored_arrays import array_to_keep, backend_value
-from .variants import structure_mismatches, structure_of
+from .variants import check_structure, structure_of
 
 logger = logging.getLogger("convnext_hub")
 
@@ -56,8 +56,7 @@ def _check_safe(node, path):
 
 
 def _check_structure(model, model_config, path):
-    for key, stored, expected in structure_mismatches(model_config, structure_of(model)):
-        raise ValueError(f"{path} holds a different architecture: {key}={stored!r}, the model has {key}={expected!r}.")
+    check_structure(model_config, structure_of(model), path, "the model")
 
 
 def _stored_head(model, path, model_config):

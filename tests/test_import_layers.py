@@ -37,6 +37,7 @@ LAYERS = {
         "model core",
         [
             "convnext_hub.config",
+            "convnext_hub.errors",
             "convnext_hub.arguments",
             "convnext_hub.keras_compat",
             "convnext_hub.data_format",
@@ -63,7 +64,6 @@ LAYERS = {
         "converter library",
         [
             "convnext_hub.convert",
-            "convnext_hub.convert.errors",
             "convnext_hub.convert.version",
             "convnext_hub.convert.readers",
             "convnext_hub.convert.writers",

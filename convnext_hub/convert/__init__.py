@@ -8,8 +8,7 @@ weights file without holding the model's values), `verification` compares with
 timm. `converters` (the command-line tools) re-exports this API.
 """
 
-from .conversion import convert, convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
-from .errors import (
+from ..errors import (
     ArchitectureError,
     BadValueError,
     CheckpointFormatError,
@@ -18,6 +17,7 @@ from .errors import (
     ShapeMismatchError,
     check_finite,
 )
+from .conversion import convert, convert_to_weights_file, export_timm_state_dict, load_timm_state_dict
 from .layouts import check_architecture, detect_layout, infer_architecture, to_timm_keys
 from .readers import load_checkpoint
 from .version import CONVERTER_VERSION

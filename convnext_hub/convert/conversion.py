@@ -14,9 +14,9 @@ from convnext_hub.families import create_from_structure, create_model, model_arg
 from convnext_hub.keras_compat import forget_deferred_variables, saving_through
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
+from ..errors import KeyMismatchError, ShapeMismatchError, check_finite
 from ..stored_arrays import DATA_ALIGNMENT
 from . import layouts
-from .errors import KeyMismatchError, ShapeMismatchError, check_finite
 from .mapping import timm_module_path, weight_slots
 from .writers import write_safetensors
 
@@ -184,11 +184,10 @@ def _model_for(state_dict, arch, source, model_kwargs):
     if arch is not None:
         layouts.check_architecture(state_dict, arch, source=source)
         return create_model(arch, **model_kwargs), state_dict
-    info = layouts.infer_architecture(state_dict, source=source)
-    if info["arch"] is not None:
-        return create_model(info["arch"], **model_kwargs), state_dict
     hints = {key: model_kwargs.pop(key) for key in ("norm", "norm_eps") if key in model_kwargs}
-    structure = layouts.inferred_structure(info, source, **hints)
+    architecture, structure = layouts.architecture_of(state_dict, source, **hints)
+    if architecture is not None:
+        return create_model(architecture, **model_kwargs, **hints), state_dict
     logger.info(
         "%s: a custom ConvNeXt geometry (depths=%s, dims=%s): no timm architecture name",
         source,

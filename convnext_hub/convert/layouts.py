@@ -15,7 +15,7 @@ import numpy as np
 
 from convnext_hub.variants import ARCHITECTURES
 
-from .errors import ArchitectureError, KeyMismatchError, ShapeMismatchError
+from ..errors import ArchitectureError, KeyMismatchError, ShapeMismatchError
 
 logger = logging.getLogger("converters")
 
@@ -297,6 +297,19 @@ def check_architecture(state_dict, arch, source="state dict"):
         )
         raise ArchitectureError(f"{source}: the checkpoint does not fit {arch}: {details}")
     return {**info, "arch": arch, "norm": table[arch]["norm"]}
+
+
+def architecture_of(state_dict, source="state dict", **hints):
+    """`(architecture, structure)` of a timm-layout state dict: the timm architecture its tensors fit, or
+    None and the geometry they give (`hints`: `norm`, `norm_eps`, which the tensors cannot say).
+
+    The one place a checkpoint's architecture is inferred (the conversion and
+    the Hub loader's local files both ask here).
+    """
+    info = infer_architecture(state_dict, source)
+    if info["arch"] is not None:
+        return info["arch"], dict(ARCHITECTURES[info["arch"]])
+    return None, inferred_structure(info, source, **hints)
 
 
 def inferred_structure(info, source="state dict", norm=None, norm_eps=1e-6):

@@ -18,8 +18,8 @@ import struct
 
 import numpy as np
 
+from ..errors import CheckpointFormatError, KeyMismatchError
 from ..stored_arrays import MIN_MAPPED_BYTES, aligned_empty, mapped_view
-from .errors import CheckpointFormatError, KeyMismatchError
 
 logger = logging.getLogger("converters")
 

@@ -9,10 +9,10 @@ import huggingface_hub
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from convnext_hub.convert.conversion import checkpoint_num_classes
-from convnext_hub.convert.layouts import inferred_structure
+from convnext_hub.convert.layouts import architecture_of
 
 from .. import saved_folder, variants
-from ..convert import ArchitectureError, infer_architecture
+from ..convert import ArchitectureError
 from ..weights_io import read_keras_config
 from . import fetch
 from .weights import HEAD_DEFAULTS, Weights, read_timm_state_dict
@@ -101,8 +101,7 @@ def _checked_structure(architecture, model_config, path):
         expected = variants.architecture(architecture)
     except ValueError:
         raise ArchitectureError(f"{path}: unknown architecture {architecture!r}") from None
-    for key, stored, value in variants.structure_mismatches(model_config, expected):
-        raise ArchitectureError(f"{path}: {key}={stored!r} does not match architecture {architecture!r} ({value!r})")
+    variants.check_structure(model_config, expected, path, architecture)
     return expected
 
 
@@ -128,9 +127,7 @@ def from_local(path):
     if path.suffix == ".keras":
         return _from_keras_archive(path)
     state_dict = read_timm_state_dict(path)
-    info = infer_architecture(state_dict, source=os.fspath(path))
-    architecture = info["arch"]
-    structure = variants.architecture(architecture) if architecture else inferred_structure(info, os.fspath(path))
+    architecture, structure = architecture_of(state_dict, os.fspath(path))
     num_classes = checkpoint_num_classes(state_dict)
     return Weights(
         architecture=architecture,

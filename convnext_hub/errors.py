@@ -1,4 +1,4 @@
-"""The converters' error types, and the finiteness check.
+"""The error types of reading, converting and loading checkpoints, and the finiteness check.
 
 Every message starts with the file (or other source) it is about, then names
 the key, and both shapes when shapes are the problem.
