@@ -1,20 +1,24 @@
-"""Turn classifier logits into readable ImageNet class names."""
+"""Turn classifier logits into readable class names (ImageNet's, or a fine-tuned model's own)."""
 
 import numpy as np
 
 import checkpoints
 
 
-def decode_predictions(logits, name: str, top: int = 5) -> list[list[tuple[int, str, float]]]:
+def decode_predictions(logits, name, top: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top `top` `(class_index, class_name, probability)` per sample, most likely first.
 
     `logits` is a (batch, num_classes) array or backend tensor; `name` is a
-    checkpoint tag, alias or architecture name, or a label set such as
-    `"imagenet-1k"`. Probabilities are the softmax of the logits.
+    checkpoint tag, alias or architecture name, a label set such as
+    `"imagenet-1k"`, or a model (or its `pretrained_cfg` dict): a fine-tuned
+    model's `pretrained_cfg["label_names"]` are its own classes, which no
+    registry name knows. Probabilities are the softmax of the logits.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}.")
-    class_names = checkpoints.label_names(_label_set(name))
+    class_names = _class_names(name)
+    if not isinstance(name, str):
+        name = (_cfg_of(name) or {}).get("name")
     logits = _to_numpy(logits)
     if logits.ndim != 2 or logits.shape[1] != len(class_names):
         raise ValueError(
@@ -26,6 +30,31 @@ def decode_predictions(logits, name: str, top: int = 5) -> list[list[tuple[int, 
         [(int(index), class_names[index], float(sample[index])) for index in indices]
         for sample, indices in zip(probabilities, ranked)
     ]
+
+
+def _class_names(name) -> list[str]:
+    """Class names of a checkpoint / label-set name, or of a model or pretrained_cfg."""
+    if isinstance(name, str):
+        return checkpoints.label_names(_label_set(name))
+    cfg = _cfg_of(name)
+    if cfg is None:
+        raise TypeError(f"Expected a checkpoint name, a model or a pretrained_cfg dict. Received: name={name!r}")
+    if cfg.get("label_names"):
+        return list(cfg["label_names"])
+    if cfg.get("label_set"):
+        return checkpoints.label_names(cfg["label_set"])
+    if cfg.get("name"):
+        return checkpoints.label_names(_label_set(cfg["name"]))
+    raise ValueError("The model's pretrained_cfg names no classes (no label_names, label_set or checkpoint name).")
+
+
+def _cfg_of(name):
+    """The pretrained_cfg of a model, a dict itself, or None."""
+    if isinstance(name, dict):
+        return name
+    if hasattr(name, "pretrained_cfg"):  # a model; built without a checkpoint, it has None
+        return dict(name.pretrained_cfg or {})
+    return None
 
 
 def _label_set(name: str) -> str:
