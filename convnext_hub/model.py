@@ -2,7 +2,7 @@
 
 Layer names mirror timm's module paths with `.` written as `_`
 (`stages_2_blocks_5_mlp_fc1` is timm's `stages.2.blocks.5.mlp.fc1`), so the
-mapping to timm keys is mechanical (see `converters.mapping`).
+mapping to timm keys is mechanical (see `convnext_hub.convert.mapping`).
 """
 
 import contextlib
@@ -12,7 +12,8 @@ import logging
 import keras
 import numpy as np
 
-from . import fast_path, keras_compat
+from . import data_format as formats
+from . import fast_path, intermediates, keras_compat, remat
 from .arguments import check_keywords
 from .layers import (
     GELU,
@@ -25,6 +26,7 @@ from .layers import (
     StochasticDepth,
     make_norm,
 )
+from .output_stride import check_output_stride, stage_plans
 
 logger = logging.getLogger("convnext_hub")
 
@@ -44,14 +46,17 @@ def _make_divisible(value, divisor=8):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def check_input_shape(input_shape):
-    """`input_shape` must be (height, width, 3), each side None or an int >= `MIN_INPUT_SIZE`."""
-    if len(input_shape) != 3 or input_shape[-1] != 3:
+def check_input_shape(input_shape, data_format="channels_last"):
+    """`input_shape` must be (height, width, 3) (channels-last) or (3, height, width) (channels-first),
+    each side None or an int >= `MIN_INPUT_SIZE`."""
+    first = data_format == "channels_first"
+    layout = "(3, height, width)" if first else "(height, width, 3)"
+    if len(input_shape) != 3 or input_shape[0 if first else -1] != 3:
         raise ValueError(
-            "`input_shape` must be (height, width, 3), with height and width an int "
+            f"`input_shape` must be {layout} for data_format={data_format!r}, with height and width an int "
             f">= {MIN_INPUT_SIZE} or None. Received: input_shape={input_shape!r}"
         )
-    for side in input_shape[:2]:
+    for side in input_shape[1:] if first else input_shape[:2]:
         if side is not None and (not isinstance(side, (int, np.integer)) or side < MIN_INPUT_SIZE):
             raise ValueError(
                 f"`input_shape` height and width must be None or an int >= {MIN_INPUT_SIZE}. "
@@ -59,8 +64,8 @@ def check_input_shape(input_shape):
             )
 
 
-def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate):
-    check_input_shape(input_shape)
+def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate, data_format):
+    check_input_shape(input_shape, data_format)
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
     for argument, rate in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate)):
@@ -84,7 +89,7 @@ def drop_path_rates(depths, drop_path_rate):
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
 class ConvNeXt(ExportsFusablePatterns, keras.Model):
-    """ConvNeXt V1 / V2 image model (channels-last inputs), mirroring timm's `ConvNeXt`.
+    """ConvNeXt V1 / V2 image model, mirroring timm's `ConvNeXt`.
 
     Args:
         depths: blocks per stage (4 ints).
@@ -101,13 +106,26 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         num_classes: classifier outputs; 0 keeps timm's head without the classifier.
         include_top: build the head; if False the model returns the final feature map,
             pooled per `pooling`.
-        input_shape: (height, width, 3); height and width may be None.
+        input_shape: (height, width, 3), or (3, height, width) for channels-first; height and
+            width may be None. Default: any size, in `data_format`'s order.
         pooling: "avg", "max" or None; used when `include_top=False`.
         drop_path_rate: stochastic depth rate of the last block.
         dropout_rate: dropout before the classifier.
         classifier_activation: activation of the classifier; None returns logits.
         features_only: return the feature maps of the stages in `out_indices`.
         out_indices: stages whose feature maps `features_only` returns (strides 4, 8, 16, 32).
+        output_stride: 32, 16 or 8: the stride of the last feature map. As timm's `output_stride`,
+            stages past it keep their resolution (stride-1 downsample, dilated depthwise convs),
+            for segmentation heads; weight shapes do not change, so any checkpoint loads.
+        data_format: "channels_last" or "channels_first" for the input and the returned maps;
+            default Keras' global `image_data_format()`. The layers compute in channels-last
+            either way (one transpose at the input and one per returned map): that keeps the
+            weights, and so the weights files, identical in both formats, and runs on
+            TensorFlow's CPU, which has no channels-first convolutions.
+        remat: in training, rematerialise each block (gradient checkpointing, timm's
+            `set_grad_checkpointing`): less memory for one more forward of each block.
+        intermediate_pruning: set by `prune_intermediate_layers` (kept so that a saved pruned
+            model loads pruned); None for the whole model.
         architecture: timm architecture name, or None for a custom geometry.
         pretrained_cfg: the checkpoint's configuration (input size, crop, interpolation,
             mean, std, license, label set, source), kept through saving and `get_config()`.
@@ -135,13 +153,17 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         kernel_size=7,
         num_classes=1000,
         include_top=True,
-        input_shape=(None, None, 3),
+        input_shape=None,
         pooling=None,
         drop_path_rate=0.0,
         dropout_rate=0.0,
         classifier_activation=None,
         features_only=False,
         out_indices=(0, 1, 2, 3),
+        output_stride=32,
+        data_format=None,
+        remat=False,
+        intermediate_pruning=None,
         architecture=None,
         pretrained_cfg=None,
         name=None,
@@ -149,32 +171,56 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         **kwargs,
     ):
         check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_MODEL_ARGUMENTS)
-        input_shape = tuple(input_shape)
+        data_format = formats.resolve(data_format)
+        input_shape = tuple(formats.default_image_shape(data_format) if input_shape is None else input_shape)
         out_indices = tuple(out_indices)
-        _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate)
+        output_stride = check_output_stride(output_stride)
+        _validate(
+            input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate, data_format
+        )
         builder = Builder(norm, norm_eps, dtype)
 
         inputs = keras.Input(shape=input_shape, name="images")
         stage_outputs = builder.stages(
-            inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value, drop_path_rate
+            formats.to_channels_last(inputs, data_format, builder.dtype),
+            depths,
+            dims,
+            stem_type,
+            kernel_size,
+            use_grn,
+            layer_scale_init_value,
+            drop_path_rate,
+            output_stride,
         )
         x = stage_outputs[-1]
+        # The maps in `data_format` (the same tensors for channels-last).
+        maps = [
+            formats.to_data_format(out, data_format, f"stages_{i}_to_channels_first", builder.dtype)
+            for i, out in enumerate(stage_outputs)
+        ]
 
         if features_only:
-            outputs = [stage_outputs[i] for i in out_indices]
+            outputs = [maps[i] for i in out_indices]
         elif include_top:
             outputs = builder.head(
                 x, head_norm_first, head_hidden_size, dropout_rate, num_classes, classifier_activation
             )
         else:
             outputs = builder.backbone_output(x, head_norm_first, pooling)
+            if not pooling:
+                outputs = formats.to_data_format(outputs, data_format, "features_to_channels_first", builder.dtype)
 
         super().__init__(inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
-        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(stage_outputs)}
+        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(maps)}
         self.feature_info = [
-            {"num_chs": dim, "reduction": stride, "module": f"stages.{i}"}
-            for i, (dim, stride) in enumerate(zip(dims, STAGE_STRIDES))
+            {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
+            for i, (dim, plan) in enumerate(zip(dims, stage_plans(output_stride)))
         ]
+        # What `forward_intermediates`, pruning and rematerialisation run: the channels-last graph.
+        self.graph_points = builder.graph_points
+        self.output_stride = output_stride
+        self.data_format = data_format
+        self.remat = bool(remat)
         self.depths = tuple(depths)
         self.dims = tuple(dims)
         self.use_grn = use_grn
@@ -196,6 +242,7 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         self.out_indices = out_indices
         self.architecture = architecture
         self.pretrained_cfg = pretrained_cfg
+        self.intermediate_pruning = intermediates.check_pruning(self, intermediate_pruning)
         # Functional models keep no dtype policy of their own; every layer got `dtype`.
         if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
             dtype = dtype.default_policy
@@ -230,7 +277,57 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         outputs = self.outputs if isinstance(self.outputs, list) else [self.outputs]
         return keras.Model(self.inputs[0], [*self.pyramid_outputs.values(), *outputs])
 
+    def forward_intermediates(
+        self,
+        x,
+        indices=None,
+        norm=False,
+        stop_early=False,
+        output_fmt="NHWC",
+        intermediates_only=False,
+        training=False,
+    ):
+        """timm's `forward_intermediates`: the stage feature maps on the way, and the final features.
+
+        Args:
+            x: images, in the model's `data_format`.
+            indices: an int n takes the last n stages, a list those stages (negative from the end),
+                None all of them.
+            norm: apply `norm_pre` (`head_norm_first` models) to the last stage's map when taken.
+            stop_early: run no stage after the last one taken.
+            output_fmt: "NHWC" (Keras' channels-last) or "NCHW" (timm's layout) for every
+                returned map.
+            intermediates_only: return only the list of maps.
+            training: Keras' training flag for the layers.
+
+        Returns:
+            The list of maps, or `(final features, maps)` where the final features are
+            `forward_features` (the last stage's map, through `norm_pre` where the model has one)
+            or, with `stop_early`, the last taken stage's map: timm's return structure.
+        """
+        return intermediates.forward_intermediates(
+            self, x, indices, norm, stop_early, output_fmt, intermediates_only, training
+        )
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """timm's `prune_intermediate_layers`: the model runs only the stages `indices` need.
+
+        Stages after the last index, `norm_pre` (with `prune_norm`, or when stages are cut)
+        and the head (with `prune_head`, or when stages are cut) stop being run: the model
+        then returns the last kept stage's map. The layers and their weights stay, so a
+        saved pruned model's weights still load into an unpruned one; the pruning is part
+        of `get_config()` (`intermediate_pruning`).
+
+        Returns:
+            The absolute stage indices taken, as timm returns them.
+        """
+        return intermediates.prune_intermediate_layers(self, indices, prune_norm, prune_head)
+
     def call(self, inputs, training=None, mask=None, **kwargs):
+        if self.intermediate_pruning is not None:
+            return intermediates.pruned_model(self)(inputs, training=training)
+        if self.remat and training:
+            return remat.rematerialized_call(self, inputs, training)
         if fast_path.applies(self, training, mask, kwargs):
             return fast_path.run(self, inputs)
         if fast_path.compiles(self, inputs, training, mask, kwargs):
@@ -269,6 +366,10 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
             else None,
             "features_only": self.features_only,
             "out_indices": list(self.out_indices),
+            "output_stride": self.output_stride,
+            "data_format": self.data_format,
+            "remat": self.remat,
+            "intermediate_pruning": None if self.intermediate_pruning is None else dict(self.intermediate_pruning),
             "architecture": self.architecture,
             "pretrained_cfg": self.pretrained_cfg,
         }
@@ -307,6 +408,19 @@ def _weight_init():
     return dict(kernel_initializer=kernel_initializer(), bias_initializer="zeros")
 
 
+class GraphPoints:
+    """Symbolic tensors of a model's channels-last graph where `forward_intermediates`, pruning and
+    rematerialisation cut it: the stem's output, each block's input and output per stage, each
+    stage's output, and `norm_pre`'s output (None without one). A plain object, so that Keras
+    does not track the tensors."""
+
+    def __init__(self):
+        self.stem = None
+        self.blocks = []
+        self.stages = []
+        self.norm_pre = None
+
+
 class Builder:
     """Creates the named layers of one model with a shared norm kind and dtype.
 
@@ -320,6 +434,7 @@ class Builder:
         # A `DTypePolicyMap` (a saved `model.quantize("int8")`) names the Dense layers whose policy differs.
         self.policies = dtype if isinstance(dtype, keras.dtype_policies.DTypePolicyMap) else None
         self.dtype = self.policies.default_policy if self.policies is not None else dtype
+        self.graph_points = GraphPoints()
 
     def dense(self, units, name, activation=None):
         dtype = self.policies[name] if self.policies is not None else self.dtype
@@ -328,8 +443,18 @@ class Builder:
     def norm(self, name):
         return make_norm(self.norm_kind, self.norm_eps, name, self.dtype)
 
-    def conv(self, filters, kernel, stride, name):
-        return Conv2D(filters, kernel, strides=stride, name=name, dtype=self.dtype, **_weight_init())
+    def conv(self, filters, kernel, stride, name, dilation=1, padding="valid"):
+        return Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding=padding,
+            dilation_rate=dilation,
+            data_format=formats.INTERNAL,
+            name=name,
+            dtype=self.dtype,
+            **_weight_init(),
+        )
 
     def gelu(self, name):
         return GELU(name=name, dtype=self.dtype)
@@ -345,39 +470,69 @@ class Builder:
             )
         mid = _make_divisible(dim // 2) if stem_type == "overlap_tiered" else dim
         # PyTorch pads 1 on every side; Keras "same" would pad stride-2 convs asymmetrically.
-        x = keras.layers.ZeroPadding2D(1, name="stem_0_pad", dtype=self.dtype)(x)
+        x = keras.layers.ZeroPadding2D(1, data_format=formats.INTERNAL, name="stem_0_pad", dtype=self.dtype)(x)
         x = self.conv(mid, 3, 2, "stem_0")(x)
         index = 1
         if stem_type == "overlap_act":
             x = self.gelu("stem_1")(x)
             index = 2
-        x = keras.layers.ZeroPadding2D(1, name=f"stem_{index}_pad", dtype=self.dtype)(x)
+        x = keras.layers.ZeroPadding2D(1, data_format=formats.INTERNAL, name=f"stem_{index}_pad", dtype=self.dtype)(x)
         x = self.conv(dim, 3, 2, f"stem_{index}")(x)
         return self.norm(f"stem_{index + 1}")(x)
 
-    def stages(self, inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value, drop_path_rate):
-        """The stem and the four stages on `inputs`: the last feature map of each stage (strides 4 ... 32)."""
-        x = self.stem(inputs, stem_type, dims[0])
+    def stages(
+        self,
+        inputs,
+        depths,
+        dims,
+        stem_type,
+        kernel_size,
+        use_grn,
+        layer_scale_init_value,
+        drop_path_rate,
+        output_stride=32,
+    ):
+        """The stem and the four stages on channels-last `inputs`: the last feature map of each stage
+        (strides 4 ... 32, or dilated from `output_stride` on: see `output_stride.stage_plans`)."""
+        points = self.graph_points
+        x = points.stem = self.stem(inputs, stem_type, dims[0])
         rates = iter(drop_path_rates(depths, drop_path_rate))
         stage_outputs = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim, plan) in enumerate(zip(depths, dims, stage_plans(output_stride))):
             if i > 0:
-                x = self.downsample(x, i, dim)
+                x = self.downsample(x, i, dim, plan)
+            points.blocks.append([])
             for j in range(depth):
-                x = self.block(x, f"stages_{i}_blocks_{j}", kernel_size, use_grn, layer_scale_init_value, next(rates))
+                block_input = x
+                x = self.block(
+                    x,
+                    f"stages_{i}_blocks_{j}",
+                    kernel_size,
+                    use_grn,
+                    layer_scale_init_value,
+                    next(rates),
+                    plan.dilation,
+                )
+                points.blocks[-1].append((block_input, x))
             stage_outputs.append(x)
+        points.stages = list(stage_outputs)
         return stage_outputs
 
-    def downsample(self, x, stage, dim):
+    def downsample(self, x, stage, dim, plan):
         x = self.norm(f"stages_{stage}_downsample_0")(x)
-        return self.conv(dim, 2, 2, f"stages_{stage}_downsample_1")(x)
+        # timm pads a dilated stage's 2x2 conv "same" (0 before, 1 after at dilation 1; 1 and 1 at
+        # dilation 2), as Keras' "same" does, so that the map keeps its size.
+        padding = "same" if plan.dilation > 1 else "valid"
+        return self.conv(dim, 2, plan.stride, f"stages_{stage}_downsample_1", plan.first_dilation, padding)(x)
 
-    def block(self, x, prefix, kernel_size, use_grn, layer_scale_init_value, drop_path):
+    def block(self, x, prefix, kernel_size, use_grn, layer_scale_init_value, drop_path, dilation=1):
         dim = x.shape[-1]
         shortcut = x
         x = DepthwiseConv2D(
             kernel_size,
             padding="same",
+            dilation_rate=dilation,
+            data_format=formats.INTERNAL,
             name=f"{prefix}_conv_dw",
             dtype=self.dtype,
             depthwise_initializer=kernel_initializer(),
@@ -396,11 +551,11 @@ class Builder:
 
     def pool(self, x, kind="avg"):
         layer = keras.layers.GlobalAveragePooling2D if kind == "avg" else keras.layers.GlobalMaxPooling2D
-        return layer(name="head_global_pool", dtype=self.dtype)(x)
+        return layer(data_format=formats.INTERNAL, name="head_global_pool", dtype=self.dtype)(x)
 
     def head(self, x, head_norm_first, head_hidden_size, dropout_rate, num_classes, activation, pooling="avg"):
         if head_norm_first:
-            x = self.norm("norm_pre")(x)
+            x = self.graph_points.norm_pre = self.norm("norm_pre")(x)
             x = self.pool(x, pooling)
         else:
             x = self.pool(x, pooling)
@@ -418,5 +573,5 @@ class Builder:
 
     def backbone_output(self, x, head_norm_first, pooling):
         if head_norm_first:
-            x = self.norm("norm_pre")(x)
+            x = self.graph_points.norm_pre = self.norm("norm_pre")(x)
         return self.pool(x, pooling) if pooling else x

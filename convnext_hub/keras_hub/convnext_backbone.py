@@ -4,9 +4,11 @@ import keras
 import numpy as np
 from keras_hub.models import FeaturePyramidBackbone
 
+from .. import data_format as formats
 from ..arguments import check_keywords
 from ..layers import ExportsFusablePatterns
 from ..model import STAGE_STRIDES, Builder, check_input_shape
+from ..output_stride import check_output_stride, stage_plans
 
 NUM_STAGES = len(STAGE_STRIDES)
 KERAS_HUB_MODEL_ARGUMENTS = ("name", "trainable")  # what keras-hub's `get_config` adds to ours
@@ -34,11 +36,11 @@ def _check(depths, dims, kernel_size, drop_path_rate):
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
 class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
-    """ConvNeXt V1 / V2 feature extractor (channels-last), with timm's layers and weights.
+    """ConvNeXt V1 / V2 feature extractor, with timm's layers and weights.
 
     The layers are those of `convnext_hub.ConvNeXt` up to its last stage, built
     by the same `Builder` under the same names, so one key mapping
-    (`converters.mapping`) and one set of weights serve both models. The output
+    (`convnext_hub.convert.mapping`) and one set of weights serve both models. The output
     is the last stage's feature map (stride 32); the head (pooling, norm,
     classifier) belongs to `ConvNeXtImageClassifier`, as keras-hub separates them.
 
@@ -54,7 +56,14 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
             layout, kept so that weights export back to timm's keys.
         kernel_size: depthwise kernel size (odd).
         drop_path_rate: stochastic depth rate of the last block.
-        image_shape: (height, width, 3); height and width may be None.
+        image_shape: (height, width, 3), or (3, height, width) for channels-first; height and
+            width may be None. Default: any size, in `data_format`'s order.
+        output_stride: 32, 16 or 8: the later stages dilated instead of strided, as timm's
+            `output_stride` (16 is what DeepLabV3 takes). Weight shapes do not change.
+        data_format: "channels_last" or "channels_first"; default Keras' global
+            `image_data_format()`. The layers compute in channels-last either way (one
+            transpose at the input, one per returned map), which keeps the weights, and
+            so presets, the same in both formats.
         architecture: timm architecture name, or None for a custom geometry.
         pretrained_cfg: the checkpoint's configuration (preprocessing, license,
             source), kept through presets and `.keras` files.
@@ -79,25 +88,43 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
         conv_mlp=False,
         kernel_size=7,
         drop_path_rate=0.0,
-        image_shape=(None, None, 3),
+        image_shape=None,
+        output_stride=32,
+        data_format=None,
         architecture=None,
         pretrained_cfg=None,
         dtype=None,
         **kwargs,
     ):
         check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_HUB_MODEL_ARGUMENTS)
+        data_format = formats.resolve(data_format)
+        if image_shape is None:
+            image_shape = formats.default_image_shape(data_format)
         depths, dims, image_shape = tuple(depths), tuple(dims), tuple(image_shape)
         _check(depths, dims, kernel_size, drop_path_rate)
-        check_input_shape(image_shape)
+        check_input_shape(image_shape, data_format)
+        output_stride = check_output_stride(output_stride)
         builder = Builder(norm, norm_eps, dtype)
 
         # === Functional Model ===
         inputs = keras.Input(shape=image_shape, name="images")
         stage_outputs = builder.stages(
-            inputs, depths, dims, stem_type, kernel_size, use_grn, layer_scale_init_value, drop_path_rate
+            formats.to_channels_last(inputs, data_format, builder.dtype),
+            depths,
+            dims,
+            stem_type,
+            kernel_size,
+            use_grn,
+            layer_scale_init_value,
+            drop_path_rate,
+            output_stride,
         )
+        maps = [
+            formats.to_data_format(out, data_format, f"stages_{i}_to_channels_first", builder.dtype)
+            for i, out in enumerate(stage_outputs)
+        ]
         kwargs.setdefault("name", "convnext_backbone")
-        super().__init__(inputs=inputs, outputs=stage_outputs[-1], dtype=dtype, **kwargs)
+        super().__init__(inputs=inputs, outputs=maps[-1], dtype=dtype, **kwargs)
 
         # === Config ===
         self.depths = depths
@@ -111,12 +138,14 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
         self.kernel_size = kernel_size
         self.drop_path_rate = drop_path_rate
         self.image_shape = image_shape
+        self.output_stride = output_stride
+        self.data_format = data_format
         self.architecture = architecture
         self.pretrained_cfg = pretrained_cfg
-        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(stage_outputs)}
+        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(maps)}
         self.feature_info = [
-            {"num_chs": dim, "reduction": stride, "module": f"stages.{i}"}
-            for i, (dim, stride) in enumerate(zip(dims, STAGE_STRIDES))
+            {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
+            for i, (dim, plan) in enumerate(zip(dims, stage_plans(output_stride)))
         ]
 
     def get_config(self):
@@ -134,6 +163,8 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
                 "kernel_size": self.kernel_size,
                 "drop_path_rate": self.drop_path_rate,
                 "image_shape": list(self.image_shape),
+                "output_stride": self.output_stride,
+                "data_format": self.data_format,
                 "architecture": self.architecture,
                 "pretrained_cfg": self.pretrained_cfg,
             }

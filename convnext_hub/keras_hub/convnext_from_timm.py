@@ -23,6 +23,8 @@ _BACKBONE_ARGS = (
     "conv_mlp",
     "kernel_size",
     "drop_path_rate",
+    "output_stride",
+    "data_format",
     "architecture",
     "pretrained_cfg",
 )

@@ -58,7 +58,7 @@ class ConvNeXtImageClassifier(ImageClassifier):
         head_dtype=None,
         **kwargs,
     ):
-        check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_HUB_MODEL_ARGUMENTS)
+        check_keywords(type(self).__name__, kwargs, type(self).__init__, Task.__init__, KERAS_HUB_MODEL_ARGUMENTS)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}")
         if pooling not in POOLINGS:
@@ -74,9 +74,11 @@ class ConvNeXtImageClassifier(ImageClassifier):
 
         # === Functional Model ===
         inputs = self.backbone.input
-        outputs = builder.head(
-            self.backbone(inputs), head_norm_first, head_hidden_size, dropout, num_classes, activation, pooling
-        )
+        features = self.backbone(inputs)
+        if getattr(backbone, "data_format", "channels_last") == "channels_first":
+            # The head computes in channels-last, as the backbone's layers do (same weights either way).
+            features = keras.layers.Permute((2, 3, 1), name="head_to_channels_last", dtype=builder.dtype)(features)
+        outputs = builder.head(features, head_norm_first, head_hidden_size, dropout, num_classes, activation, pooling)
         Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
