@@ -7,6 +7,7 @@ mapping to timm keys is mechanical (see `convnext_hub.convert.mapping`).
 
 import contextlib
 import contextvars
+import inspect
 import logging
 
 import keras
@@ -64,13 +65,119 @@ def check_input_shape(input_shape, data_format="channels_last"):
             )
 
 
-def _validate(input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate, data_format):
-    check_input_shape(input_shape, data_format)
+def _check_stage_widths(argument, values):
+    ok = len(values) == len(STAGE_STRIDES) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values
+    )
+    if not ok:
+        raise ValueError(
+            f"`{argument}` must be {len(STAGE_STRIDES)} positive ints, one per stage. Received: {argument}={values!r}"
+        )
+
+
+def _check_stages(depths, dims, kernel_size, drop_path_rate):
+    _check_stage_widths("depths", depths)
+    _check_stage_widths("dims", dims)
+    # timm pads the depthwise conv by kernel_size // 2 on each side: "same" only for odd sizes.
+    if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` must be a positive odd int. Received: kernel_size={kernel_size!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}")
+
+
+class Stages:
+    """The stem and the four stages of a ConvNeXt as a functional graph, checked and described once.
+
+    `ConvNeXt` puts timm's head on it; keras-hub's `ConvNeXtBackbone` returns its
+    last map. Both build it here, so the two classes share one set of stage
+    arguments (`STAGE_ARGUMENTS`, with the same checks), one layer naming (the
+    same weights) and one description of the maps (`pyramid_outputs`, `feature_info`).
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        depths,
+        dims,
+        use_grn,
+        layer_scale_init_value,
+        stem_type,
+        norm,
+        norm_eps,
+        conv_mlp,
+        kernel_size,
+        drop_path_rate,
+        output_stride,
+        data_format,
+        architecture,
+        pretrained_cfg,
+        dtype,
+    ):
+        data_format = formats.resolve(data_format)
+        self.input_shape = tuple(formats.default_image_shape(data_format) if input_shape is None else input_shape)
+        _check_stages(tuple(depths), tuple(dims), kernel_size, drop_path_rate)
+        check_input_shape(self.input_shape, data_format)
+        output_stride = check_output_stride(output_stride)
+        self.arguments = dict(
+            depths=tuple(depths),
+            dims=tuple(dims),
+            use_grn=use_grn,
+            layer_scale_init_value=layer_scale_init_value,
+            stem_type=stem_type,
+            norm=norm,
+            norm_eps=norm_eps,
+            conv_mlp=conv_mlp,
+            kernel_size=kernel_size,
+            drop_path_rate=drop_path_rate,
+            output_stride=output_stride,
+            data_format=data_format,
+            architecture=architecture,
+            pretrained_cfg=pretrained_cfg,
+        )
+        self.builder = Builder(norm, norm_eps, dtype)
+        self.inputs = keras.Input(shape=self.input_shape, name="images")
+        # The layers compute in channels-last; `maps` are their outputs in `data_format`.
+        self.channels_last = self.builder.stages(
+            formats.to_channels_last(self.inputs, data_format, self.builder.dtype),
+            depths,
+            dims,
+            stem_type,
+            kernel_size,
+            use_grn,
+            layer_scale_init_value,
+            drop_path_rate,
+            output_stride,
+        )
+        self.maps = [
+            formats.to_data_format(out, data_format, f"stages_{i}_to_channels_first", self.builder.dtype)
+            for i, out in enumerate(self.channels_last)
+        ]
+
+    def describe(self, model):
+        """Gives `model` (built on these stages) the stage arguments, `pyramid_outputs` and `feature_info`."""
+        for key, value in self.arguments.items():
+            setattr(model, key, value)
+        model.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(self.maps)}
+        model.feature_info = [
+            {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
+            for i, (dim, plan) in enumerate(zip(self.arguments["dims"], stage_plans(self.arguments["output_stride"])))
+        ]
+
+
+STAGE_ARGUMENTS = tuple(inspect.signature(Stages).parameters)[1:-1]  # all but input_shape and dtype
+
+
+def stage_config(model):
+    """`model`'s stage arguments as `get_config` gives them (tuples as lists)."""
+    values = {key: getattr(model, key) for key in STAGE_ARGUMENTS}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+def _validate(pooling, out_indices, num_classes, features_only, dropout_rate):
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    for argument, rate in (("drop_path_rate", drop_path_rate), ("dropout_rate", dropout_rate)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"`{argument}` must be in [0, 1). Received: {argument}={rate!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
         raise ValueError(f"`num_classes` must be an int >= 0. Received: num_classes={num_classes!r}")
     if features_only:
@@ -171,33 +278,28 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         **kwargs,
     ):
         check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_MODEL_ARGUMENTS)
-        data_format = formats.resolve(data_format)
-        input_shape = tuple(formats.default_image_shape(data_format) if input_shape is None else input_shape)
         out_indices = tuple(out_indices)
-        output_stride = check_output_stride(output_stride)
-        _validate(
-            input_shape, pooling, out_indices, num_classes, features_only, drop_path_rate, dropout_rate, data_format
-        )
-        builder = Builder(norm, norm_eps, dtype)
-
-        inputs = keras.Input(shape=input_shape, name="images")
-        stage_outputs = builder.stages(
-            formats.to_channels_last(inputs, data_format, builder.dtype),
+        _validate(pooling, out_indices, num_classes, features_only, dropout_rate)
+        stages = Stages(
+            input_shape,
             depths,
             dims,
-            stem_type,
-            kernel_size,
             use_grn,
             layer_scale_init_value,
+            stem_type,
+            norm,
+            norm_eps,
+            conv_mlp,
+            kernel_size,
             drop_path_rate,
             output_stride,
+            data_format,
+            architecture,
+            pretrained_cfg,
+            dtype,
         )
-        x = stage_outputs[-1]
-        # The maps in `data_format` (the same tensors for channels-last).
-        maps = [
-            formats.to_data_format(out, data_format, f"stages_{i}_to_channels_first", builder.dtype)
-            for i, out in enumerate(stage_outputs)
-        ]
+        builder, maps, x = stages.builder, stages.maps, stages.channels_last[-1]
+        data_format = stages.arguments["data_format"]
 
         if features_only:
             outputs = [maps[i] for i in out_indices]
@@ -210,38 +312,20 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
             if not pooling:
                 outputs = formats.to_data_format(outputs, data_format, "features_to_channels_first", builder.dtype)
 
-        super().__init__(inputs=inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
-        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(maps)}
-        self.feature_info = [
-            {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
-            for i, (dim, plan) in enumerate(zip(dims, stage_plans(output_stride)))
-        ]
+        super().__init__(inputs=stages.inputs, outputs=outputs, name=name or architecture or "convnext", **kwargs)
+        stages.describe(self)
         # What `forward_intermediates`, pruning and rematerialisation run: the channels-last graph.
         self.graph_points = builder.graph_points
-        self.output_stride = output_stride
-        self.data_format = data_format
         self.remat = bool(remat)
-        self.depths = tuple(depths)
-        self.dims = tuple(dims)
-        self.use_grn = use_grn
-        self.layer_scale_init_value = layer_scale_init_value
-        self.stem_type = stem_type
-        self.norm = norm
-        self.norm_eps = norm_eps
-        self.conv_mlp = conv_mlp
         self.head_norm_first = head_norm_first
         self.head_hidden_size = head_hidden_size
-        self.kernel_size = kernel_size
         self.num_classes = num_classes
         self.include_top = include_top
         self.pooling = pooling
-        self.drop_path_rate = drop_path_rate
         self.dropout_rate = dropout_rate
         self.classifier_activation = classifier_activation
         self.features_only = features_only
         self.out_indices = out_indices
-        self.architecture = architecture
-        self.pretrained_cfg = pretrained_cfg
         self.intermediate_pruning = intermediates.check_pruning(self, intermediate_pruning)
         # Functional models keep no dtype policy of their own; every layer got `dtype`.
         if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
@@ -344,34 +428,21 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         config["dtype"] = keras.dtype_policies.serialize(self._dtype_policies())
         return {
             **config,
-            "depths": list(self.depths),
-            "dims": list(self.dims),
-            "use_grn": self.use_grn,
-            "layer_scale_init_value": self.layer_scale_init_value,
-            "stem_type": self.stem_type,
-            "norm": self.norm,
-            "norm_eps": self.norm_eps,
-            "conv_mlp": self.conv_mlp,
+            **stage_config(self),
             "head_norm_first": self.head_norm_first,
             "head_hidden_size": self.head_hidden_size,
-            "kernel_size": self.kernel_size,
             "num_classes": self.num_classes,
             "include_top": self.include_top,
             "input_shape": list(self.input_shape[1:]),
             "pooling": self.pooling,
-            "drop_path_rate": self.drop_path_rate,
             "dropout_rate": self.dropout_rate,
             "classifier_activation": keras.activations.serialize(keras.activations.get(self.classifier_activation))
             if self.classifier_activation is not None
             else None,
             "features_only": self.features_only,
             "out_indices": list(self.out_indices),
-            "output_stride": self.output_stride,
-            "data_format": self.data_format,
             "remat": self.remat,
             "intermediate_pruning": None if self.intermediate_pruning is None else dict(self.intermediate_pruning),
-            "architecture": self.architecture,
-            "pretrained_cfg": self.pretrained_cfg,
         }
 
     @classmethod

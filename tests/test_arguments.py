@@ -1,6 +1,8 @@
 """Every entry point refuses an unknown keyword argument with a TypeError that names it and the close matches,
 before anything is built, read or downloaded."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,24 @@ def test_converters_reexports_the_conversion_library():
     for name in converters.__all__:
         assert getattr(converters, name) is getattr(convnext_hub.convert, name)
     assert converters.verification is convnext_hub.convert.verification
+
+
+def test_structural_defaults_have_one_source():
+    """The model classes' signatures repeat the architecture table's defaults (for readable signatures):
+    they must agree with `variants.DEFAULTS` and with each other."""
+    import inspect
+
+    from convnext_hub import variants
+    from convnext_hub.model import STAGE_ARGUMENTS
+
+    classes = [convnext_hub.ConvNeXt]
+    if importlib.util.find_spec("keras_hub") is not None:
+        from convnext_hub.keras_hub import ConvNeXtBackbone
+
+        classes.append(ConvNeXtBackbone)
+    for cls in classes:
+        parameters = inspect.signature(cls.__init__).parameters
+        assert set(STAGE_ARGUMENTS) <= set(parameters), cls
+        for key, default in {**variants.DEFAULTS, "use_grn": False, "layer_scale_init_value": 1e-6}.items():
+            if key in parameters:
+                assert parameters[key].default == default, (cls.__name__, key)

@@ -1,37 +1,13 @@
 """`ConvNeXtBackbone`: the ConvNeXt stem and stages as a keras-hub `FeaturePyramidBackbone`."""
 
 import keras
-import numpy as np
 from keras_hub.models import FeaturePyramidBackbone
 
-from .. import data_format as formats
 from ..arguments import check_keywords
 from ..layers import ExportsFusablePatterns
-from ..model import STAGE_STRIDES, Builder, check_input_shape
-from ..output_stride import check_output_stride, stage_plans
+from ..model import Stages, stage_config
 
-NUM_STAGES = len(STAGE_STRIDES)
 KERAS_HUB_MODEL_ARGUMENTS = ("name", "trainable")  # what keras-hub's `get_config` adds to ours
-
-
-def _check_stage_widths(argument, values):
-    ok = len(values) == NUM_STAGES and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values
-    )
-    if not ok:
-        raise ValueError(
-            f"`{argument}` must be {NUM_STAGES} positive ints, one per stage. Received: {argument}={values!r}"
-        )
-
-
-def _check(depths, dims, kernel_size, drop_path_rate):
-    _check_stage_widths("depths", depths)
-    _check_stage_widths("dims", dims)
-    # timm pads the depthwise conv by kernel_size // 2 on each side: "same" only for odd sizes.
-    if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"`kernel_size` must be a positive odd int. Received: kernel_size={kernel_size!r}")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}")
 
 
 @keras.saving.register_keras_serializable(package="convnext_hub")
@@ -97,76 +73,30 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
         **kwargs,
     ):
         check_keywords(type(self).__name__, kwargs, type(self).__init__, KERAS_HUB_MODEL_ARGUMENTS)
-        data_format = formats.resolve(data_format)
-        if image_shape is None:
-            image_shape = formats.default_image_shape(data_format)
-        depths, dims, image_shape = tuple(depths), tuple(dims), tuple(image_shape)
-        _check(depths, dims, kernel_size, drop_path_rate)
-        check_input_shape(image_shape, data_format)
-        output_stride = check_output_stride(output_stride)
-        builder = Builder(norm, norm_eps, dtype)
-
-        # === Functional Model ===
-        inputs = keras.Input(shape=image_shape, name="images")
-        stage_outputs = builder.stages(
-            formats.to_channels_last(inputs, data_format, builder.dtype),
+        stages = Stages(
+            image_shape,
             depths,
             dims,
-            stem_type,
-            kernel_size,
             use_grn,
             layer_scale_init_value,
+            stem_type,
+            norm,
+            norm_eps,
+            conv_mlp,
+            kernel_size,
             drop_path_rate,
             output_stride,
+            data_format,
+            architecture,
+            pretrained_cfg,
+            dtype,
         )
-        maps = [
-            formats.to_data_format(out, data_format, f"stages_{i}_to_channels_first", builder.dtype)
-            for i, out in enumerate(stage_outputs)
-        ]
         kwargs.setdefault("name", "convnext_backbone")
-        super().__init__(inputs=inputs, outputs=maps[-1], dtype=dtype, **kwargs)
-
-        # === Config ===
-        self.depths = depths
-        self.dims = dims
-        self.use_grn = use_grn
-        self.layer_scale_init_value = layer_scale_init_value
-        self.stem_type = stem_type
-        self.norm = norm
-        self.norm_eps = norm_eps
-        self.conv_mlp = conv_mlp
-        self.kernel_size = kernel_size
-        self.drop_path_rate = drop_path_rate
-        self.image_shape = image_shape
-        self.output_stride = output_stride
-        self.data_format = data_format
-        self.architecture = architecture
-        self.pretrained_cfg = pretrained_cfg
-        self.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(maps)}
-        self.feature_info = [
-            {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
-            for i, (dim, plan) in enumerate(zip(dims, stage_plans(output_stride)))
-        ]
+        super().__init__(inputs=stages.inputs, outputs=stages.maps[-1], dtype=dtype, **kwargs)
+        stages.describe(self)
+        self.image_shape = stages.input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "depths": list(self.depths),
-                "dims": list(self.dims),
-                "use_grn": self.use_grn,
-                "layer_scale_init_value": self.layer_scale_init_value,
-                "stem_type": self.stem_type,
-                "norm": self.norm,
-                "norm_eps": self.norm_eps,
-                "conv_mlp": self.conv_mlp,
-                "kernel_size": self.kernel_size,
-                "drop_path_rate": self.drop_path_rate,
-                "image_shape": list(self.image_shape),
-                "output_stride": self.output_stride,
-                "data_format": self.data_format,
-                "architecture": self.architecture,
-                "pretrained_cfg": self.pretrained_cfg,
-            }
-        )
+        config.update(stage_config(self), image_shape=list(self.image_shape))
         return config
