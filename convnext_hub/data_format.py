@@ -12,6 +12,8 @@ cost one copy of the input and of each returned map.
 
 import keras
 
+from .layers import Transpose
+
 DATA_FORMATS = ("channels_last", "channels_first")
 # The layout every layer of the model computes in, whatever `data_format` says.
 INTERNAL = "channels_last"
@@ -43,11 +45,11 @@ def to_channels_last(x, data_format, dtype=None):
     """The model's input as NHWC: a transpose layer for channels-first, else `x` itself."""
     if data_format != "channels_first":
         return x
-    return keras.layers.Permute((2, 3, 1), name="images_to_channels_last", dtype=dtype)(x)
+    return Transpose((2, 3, 1), name="images_to_channels_last", dtype=dtype)(x)
 
 
 def to_data_format(x, data_format, name, dtype=None):
     """An NHWC feature map `x` in `data_format`: a transpose layer named `name` for channels-first."""
     if data_format != "channels_first":
         return x
-    return keras.layers.Permute((3, 1, 2), name=name, dtype=dtype)(x)
+    return Transpose((3, 1, 2), name=name, dtype=dtype)(x)

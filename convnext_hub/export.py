@@ -11,6 +11,7 @@ without them `export` names the package to install.
 """
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import keras
 import numpy as np
 
 from convnext_hub.convert import verification
+
+logger = logging.getLogger("convnext_hub")
 
 FORMATS = ("onnx", "litert", "saved_model", "openvino")
 # Formats `export` also writes: LiteRT with dynamic-range int8 weights (its converter's `Optimize.DEFAULT`).
@@ -38,6 +41,13 @@ _FILE_NAME = {
     "saved_model": "saved_model",
     "openvino": "model.xml",
 }
+# What OpenVINO's `compile_model` must be given for float32 results. On a CPU with bf16 instructions
+# (AVX512_BF16, AMX) OpenVINO infers in bf16 unless told otherwise, ~1e-2 x max|timm| off, and no part of the
+# model file tells it otherwise (measured with OpenVINO 2026.4): its CPU plugin takes only KV-cache and
+# dynamic-quantization settings from a model's `runtime_options` (an INFERENCE_PRECISION_HINT there is ignored),
+# and per-node "precise" marks keep convolutions and element-wise ops in f32 but not the FullyConnected nodes it
+# makes of the Dense layers' MatMuls (still ~5e-3 off). So `export` says it in its log; `run_artifact` passes it.
+OPENVINO_FLOAT32 = {"INFERENCE_PRECISION_HINT": "f32"}
 # Python module -> the package that provides it.
 _PACKAGES = {
     "tensorflow": "tensorflow",
@@ -150,6 +160,10 @@ def input_signature(model, image_size=None):
 def export(model, folder, formats=FORMATS, *, image_size=None, verbose=False):
     """Writes `model` in each of `formats` into `folder` with Keras' `model.export`; returns `{format: path}`.
 
+    An OpenVINO model is float32, but OpenVINO computes it in bf16 on CPUs with
+    bf16 instructions unless `compile_model` is given `OPENVINO_FLOAT32`
+    (nothing in the model file can ask for it): the log says so.
+
     Args:
         model: a float32 ConvNeXt (int8-quantized Dense layers allowed).
         folder: output folder (created).
@@ -180,6 +194,14 @@ def export(model, folder, formats=FORMATS, *, image_size=None, verbose=False):
             **_export_kwargs(fmt),
         )
         paths[fmt] = path
+        if fmt == "openvino":
+            logger.warning(
+                "%s: compile it with core.compile_model(path, device, %r) for float32 results: with OpenVINO's "
+                "default precision, CPUs with bf16 instructions (AVX512_BF16, AMX) infer in bf16, ~1e-2 x "
+                "max|logit| off",
+                path,
+                OPENVINO_FLOAT32,
+            )
     return paths
 
 
@@ -272,8 +294,7 @@ def _run_saved_model(path, images):
 
 def _run_openvino(path, images):
     ov = _import("openvino")
-    # float32 throughout: on CPUs with bf16 instructions OpenVINO otherwise computes in bf16 (~1e-2 off).
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(path, "CPU", OPENVINO_FLOAT32)  # see OPENVINO_FLOAT32
     results = compiled(images)
     return [results[output] for output in compiled.outputs]
 

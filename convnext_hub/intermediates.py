@@ -17,6 +17,8 @@ import weakref
 
 import keras
 
+from .layers import Transpose
+
 NUM_STAGES = 4
 OUTPUT_FORMATS = ("NHWC", "NCHW")
 _SUBMODELS = weakref.WeakKeyDictionary()
@@ -139,7 +141,7 @@ def pruned_model(model):
                 if layer.name != "norm_pre":
                     x = layer(x)
         if len(x.shape) == 4 and model.data_format == "channels_first":
-            x = keras.layers.Permute((3, 1, 2), name="pruned_to_channels_first", dtype=model.layers_dtype_policy)(x)
+            x = Transpose((3, 1, 2), name="pruned_to_channels_first", dtype=model.layers_dtype_policy)(x)
         return keras.Model(model.inputs[0], x)
 
     return _submodel(model, "pruned", build)

@@ -105,6 +105,30 @@ def _check_rate(name, value):
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Transpose(keras.layers.Layer):
+    """Permutes the non-batch axes (`perm`, 1-based, as `keras.layers.Permute` takes it).
+
+    `keras.layers.Permute`'s output spec reads an attribute only symbolic
+    tensors have, so `model.compute_output_spec(array)` (which keras-hub's model
+    tests call) fails on a model holding one; this layer's spec comes from its
+    output shape, for any input.
+    """
+
+    def __init__(self, perm, **kwargs):
+        super().__init__(**kwargs)
+        self.perm = tuple(perm)
+
+    def call(self, inputs):
+        return ops.transpose(inputs, (0, *self.perm))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *(input_shape[axis] for axis in self.perm))
+
+    def get_config(self):
+        return {**super().get_config(), "perm": list(self.perm)}
+
+
 class KeepsShape:
     """For layers whose output has their input's shape: said outright, so that building a model does
     not trace the layer's `call` to find out (which Keras does for layers that do not say)."""

@@ -31,6 +31,7 @@ BACKEND_MODULES = [
     "tests/test_cache_integrity.py",  # every backend keeps the entry's mapped pages as its weights
     "tests/test_hub.py",  # first and cached loads differ by backend in what a model keeps
     "tests/test_timm_features.py",  # forward_intermediates, output_stride, channels_first, remat against timm
+    "tests/test_keras_hub_harness.py",  # keras-hub's own TestCase checks, channels_first on JAX and torch
 ]
 
 

@@ -5,7 +5,14 @@ Modules: `fetch` (Hub I/O), `cache` (the converted-weights cache), `sources`
 """
 
 from .cache import Cache, CacheNotWritableError, default_cache_dir
-from .fetch import WeightsUnavailableError
+from .fetch import SourceHashMismatchError, WeightsUnavailableError
 from .loader import load_pretrained
 
-__all__ = ["Cache", "CacheNotWritableError", "WeightsUnavailableError", "default_cache_dir", "load_pretrained"]
+__all__ = [
+    "Cache",
+    "CacheNotWritableError",
+    "SourceHashMismatchError",
+    "WeightsUnavailableError",
+    "default_cache_dir",
+    "load_pretrained",
+]

@@ -8,7 +8,10 @@ which belongs with the imports, not inside the first load.
 
 import hashlib
 import logging
+import mmap
 import os
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,10 @@ class WeightsUnavailableError(OSError):
     """The weights can be found neither on the Hub nor in a local cache."""
 
 
+class SourceHashMismatchError(ValueError):
+    """A checkpoint's bytes do not hash to the sha256 the Hub gives for the file: it is damaged or altered."""
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """One file of one commit of a Hub repo, with the etag naming its content."""
@@ -43,6 +50,84 @@ class RemoteFile:
 
     def as_dict(self):
         return {"repo_id": self.repo_id, "filename": self.filename, "revision": self.commit, "etag": self.etag}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def hub_sha256(remote):
+    """The sha256 the Hub gives for `remote`'s bytes, or None when it gives none.
+
+    The Hub's etag of an LFS file (every weight file) is the sha256 of its
+    bytes, which also names its blob in huggingface_hub's cache; a file kept in
+    git itself has its git blob id (a sha1) instead, which no sha256 can be
+    compared with, so such a file is not checked.
+    """
+    return remote.etag if remote.etag and _SHA256.fullmatch(remote.etag) else None
+
+
+class SourceCheck:
+    """Hashes a downloaded checkpoint while the conversion reads it; `verify` compares with the Hub's sha256.
+
+    The file is hashed in a thread, through a read-only mapping, in file order
+    (sha256 cannot take bytes out of order, and the conversion reads tensors in
+    the model's order, not the file's), at the same time as the conversion: both
+    read the same pages of the page cache, so the file comes from disk once.
+    hashlib lets go of the GIL while it hashes, so the cost is sha256's own
+    (about 1 GB/s), and only where no core is free.
+
+    Args:
+        path: the checkpoint file.
+        remote: the Hub file it is (`RemoteFile`), for the message.
+        expected: the Hub's sha256 of the file (`hub_sha256`).
+
+    Attributes:
+        actual: the file's sha256 once hashed (after `verify`), else None.
+    """
+
+    CHUNK_BYTES = 16 << 20
+
+    def __init__(self, path, remote, expected):
+        self.path, self.remote, self.expected = os.fspath(path), remote, expected
+        self.actual, self._error = None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._hash, name="convnext_hub-sha256", daemon=True)
+        self._thread.start()
+
+    def _hash(self):
+        try:
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                        with memoryview(mapped) as view:
+                            for start in range(0, size, self.CHUNK_BYTES):
+                                if self._stop.is_set():
+                                    return
+                                digest.update(view[start : start + self.CHUNK_BYTES])
+            self.actual = digest.hexdigest()
+        except Exception as e:  # raised in `verify`, in the caller's thread
+            self._error = e
+
+    def cancel(self):
+        """Stops hashing (the conversion failed: its error is the one to report)."""
+        self._stop.set()
+        self._thread.join()
+
+    def verify(self):
+        """Waits for the hash; raises SourceHashMismatchError, naming the file and both hashes, if it differs."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self.actual != self.expected:
+            remote = self.remote
+            raise SourceHashMismatchError(
+                f"{self.path}: sha256 {self.actual} differs from the Hub's {self.expected} for "
+                f"{remote.repo_id}/{remote.filename} at {remote.commit}: the file is damaged or altered, so it "
+                f"was not converted; remove it from huggingface_hub's cache (`hf cache rm model/{remote.repo_id}`) "
+                "and load again"
+            )
 
 
 def weight_files(tag):

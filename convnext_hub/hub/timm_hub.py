@@ -206,17 +206,32 @@ def convert_source(path, entry, remote, folder, digest):
     with a copy-on-write mapping of the new entry, whose pages the write left
     in memory, and every backend keeps those pages as they are (see
     `keras_compat.initialize_deferred`): no second set of weights is allocated.
+
+    A file the Hub gives a sha256 for (an LFS file: its etag) is hashed while
+    it is converted (`fetch.SourceCheck`) and refused with
+    `fetch.SourceHashMismatchError` when the hashes differ: a blob damaged or
+    altered in huggingface_hub's cache, or a download that is not what the Hub
+    announced, would otherwise become a cache entry that every later load trusts.
     """
     if remote.filename.endswith(".bin"):
         _require_torch(remote)
     logger.info("%s: converting %s (%.1f MB) to Keras", entry["name"], path, os.path.getsize(path) / 1e6)
-    model = convert_to_weights_file(
-        read_timm_state_dict(path),
-        os.fspath(folder / WEIGHTS_FILE),
-        arch=entry["architecture"],
-        source=path,
-        digest=digest,
-    )
+    expected = fetch.hub_sha256(remote)
+    check = fetch.SourceCheck(path, remote, expected) if expected else None
+    try:
+        model = convert_to_weights_file(
+            read_timm_state_dict(path),
+            os.fspath(folder / WEIGHTS_FILE),
+            arch=entry["architecture"],
+            source=path,
+            digest=digest,
+        )
+    except BaseException:
+        if check is not None:
+            check.cancel()
+        raise
+    if check is not None:
+        check.verify()  # before the entry is stored: a refused file leaves no entry
     meta = {
         "name": entry["name"],
         "architecture": entry["architecture"],

@@ -5,7 +5,7 @@ import numpy as np
 from keras_hub.models import ImageClassifier, Task
 
 from ..arguments import check_keywords
-from ..layers import tracing_for_export
+from ..layers import Transpose, tracing_for_export
 from ..model import Builder
 from .convnext_backbone import KERAS_HUB_MODEL_ARGUMENTS, ConvNeXtBackbone
 from .convnext_image_classifier_preprocessor import ConvNeXtImageClassifierPreprocessor
@@ -77,7 +77,7 @@ class ConvNeXtImageClassifier(ImageClassifier):
         features = self.backbone(inputs)
         if getattr(backbone, "data_format", "channels_last") == "channels_first":
             # The head computes in channels-last, as the backbone's layers do (same weights either way).
-            features = keras.layers.Permute((2, 3, 1), name="head_to_channels_last", dtype=builder.dtype)(features)
+            features = Transpose((2, 3, 1), name="head_to_channels_last", dtype=builder.dtype)(features)
         outputs = builder.head(features, head_norm_first, head_hidden_size, dropout, num_classes, activation, pooling)
         Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
 
