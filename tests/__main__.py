@@ -55,6 +55,7 @@ SHARED_ON_TENSORFLOW = [
     "tests/test_layouts.py",
     "tests/test_lint.py",
     "tests/test_readers.py",
+    "tests/test_source_integrity.py",
     "tests/test_surface.py",
 ]
 
@@ -76,7 +77,8 @@ def main(extra):
         print(f"\n===== KERAS_BACKEND={label} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend)
         start = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "pytest", *args, *extra], env=env)
+        # --durations: each process names its slowest tests, so a CI log shows where the time goes.
+        code = subprocess.call([sys.executable, "-m", "pytest", "--durations=5", *args, *extra], env=env)
         took.append((time.monotonic() - start, label if len(label) < 200 else f"{backend} (shared process)"))
         if code:
             failed.append(f"{label} (exit {code})")
