@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +21,29 @@ def machine():
     }
 
 
+VERSIONED = ("keras", "tensorflow", "jax", "torch", "timm", "numpy", "onnxruntime", "openvino", "keras-hub")
+
+
+def versions():
+    """The installed versions of the packages the figures depend on (those that are installed)."""
+    from importlib import metadata
+
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def write_json(name, payload):
-    """`payload` with the machine's description, as `results/<name>.json`; the path."""
+    """`payload` with the machine's description, the package versions and the command that ran, as
+    `results/<name>.json` (what the benchmark page renders); the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+    record = {"machine": machine(), "versions": versions(), "command": ["python", *sys.argv], **payload}
+    path.write_text(json.dumps(record, indent=2, default=float))
     return path
 
 
