@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from . import saved_folder
+from .heads import Head
 from .keras_compat import (
     forget_deferred_variables,
     has_no_value,
@@ -29,7 +30,6 @@ from .variants import check_structure, structure_of
 logger = logging.getLogger("convnext_hub")
 
 SAFE_MODULES = ("keras", "convnext_hub")
-HEAD_DEFAULTS = {"num_classes": 1000, "include_top": True, "features_only": False}  # as in ConvNeXt
 
 
 def read_keras_config(path):
@@ -60,14 +60,14 @@ def _check_structure(model, model_config, path):
 
 
 def _stored_head(model, path, model_config):
-    """`{"include_top", "features_only", "num_classes"}` of the model saved in `path`.
+    """The `Head` of the model saved in `path`.
 
     From its config where there is one. A bare `.weights.h5` names no layers
     (Keras numbers them by type), so its classifier size comes from its
     parameter count: the model's backbone plus `(features + 1) * classes`.
     """
     if model_config is not None:
-        return {key: model_config.get(key, default) for key, default in HEAD_DEFAULTS.items()}
+        return Head.from_config(model_config)
     total = 0
 
     def visit(name, obj):
@@ -93,15 +93,7 @@ def _stored_head(model, path, model_config):
             f"{path} does not hold weights of {model.architecture or model.name}: "
             f"{total:,} values, which no head on this backbone gives"
         )
-    return {"include_top": True, "features_only": False, "num_classes": extra // (features + 1)}
-
-
-def _loads_directly(model, stored):
-    """True when every weighted head layer of `model` is in the file with its shape."""
-    stored_has_head = stored["include_top"] and not stored["features_only"]
-    if not (model.include_top and not model.features_only):  # only norm_pre (hnf without top) is weighted
-        return stored_has_head
-    return stored_has_head and model.num_classes == stored["num_classes"]
+    return Head(num_classes=extra // (features + 1))
 
 
 def load_weights_file(model, path):
@@ -115,12 +107,12 @@ def load_weights_file(model, path):
         model.load_weights(path)
         return
     stored = _stored_head(model, path, model_config)
-    if _loads_directly(model, stored):
+    if Head.of(model).takes_all_of(stored):
         model.load_weights(path)
         return
     # The head differs: load the file into a model of its own head, then take the layers that fit.
     with zeros_initialized():
-        source = type(model).from_config({**model.get_config(), **stored, "pretrained_cfg": None})
+        source = type(model).from_config({**model.get_config(), **stored.as_kwargs(), "pretrained_cfg": None})
     try:
         source.load_weights(path)
     except ValueError as e:
@@ -140,7 +132,7 @@ def load_weights_file(model, path):
         "model's (num_classes=%d).",
         path,
         ", ".join(fresh),
-        stored["num_classes"],
+        stored.num_classes,
         model.num_classes,
     )
 

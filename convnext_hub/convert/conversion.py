@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from convnext_hub.arguments import check_keywords
 from convnext_hub.families import create_from_structure, create_model, model_arguments
+from convnext_hub.heads import Head
 from convnext_hub.keras_compat import forget_deferred_variables, saving_through
 from convnext_hub.model import CLASSIFIER_LAYER, HEAD_LAYERS, kernel_initializer, zeros_initialized
 
@@ -198,16 +199,17 @@ def _model_for(state_dict, arch, source, model_kwargs):
 
 
 def _droppable(state_dict, model):
-    """Source keys the model may leave unused, and Keras slots it may leave fresh."""
-    has_head = any(k.startswith(HEAD_PREFIXES) for k in state_dict)
-    same_classes = checkpoint_num_classes(state_dict) == model.num_classes and model.include_top
-    unused = set()
-    for key in state_dict:
-        if key in CLASSIFIER_KEYS and not same_classes:
-            unused.add(key)
-        elif key.startswith(HEAD_PREFIXES) and (not model.include_top or model.features_only):
-            unused.add(key)
-    return unused, has_head
+    """Source keys the model may leave unused (`heads.Head` decides), and whether the source has a head."""
+    head = Head.of(model)
+    takes_classifier = head.takes_classifier(checkpoint_num_classes(state_dict))
+    kept = set() if head.has_top else {slot.timm_key for slot in weight_slots(model)}  # e.g. norm_pre of hnf
+    unused = {
+        key
+        for key in state_dict
+        if (key in CLASSIFIER_KEYS and not takes_classifier)
+        or (key.startswith(HEAD_PREFIXES) and not head.has_top and key not in kept)
+    }
+    return unused, any(k.startswith(HEAD_PREFIXES) for k in state_dict)
 
 
 def load_timm_state_dict(model, state_dict, source="<state dict>", progress=False):

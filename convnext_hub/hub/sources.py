@@ -13,9 +13,10 @@ from convnext_hub.convert.layouts import architecture_of
 
 from .. import saved_folder, variants
 from ..convert import ArchitectureError
+from ..heads import Head
 from ..weights_io import read_keras_config
 from . import fetch
-from .weights import HEAD_DEFAULTS, Weights, read_timm_state_dict
+from .weights import Weights, read_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,15 @@ def from_saved_folder(saved):
 
 
 def _keras_weights(architecture, structure, model_config, pretrained_cfg, keras_file):
-    stored = {flag: model_config.get(flag, default) for flag, default in HEAD_DEFAULTS.items()}
+    stored = Head.from_config(model_config)
     return Weights(
         architecture=architecture,
         structure=structure,
-        num_classes=stored["num_classes"] if stored["include_top"] else 0,
+        num_classes=stored.num_classes if stored.include_top else 0,
         pretrained_cfg=pretrained_cfg,
         source=os.fspath(keras_file),
         keras_file=os.fspath(keras_file),
-        stored_config=stored,
+        stored_head=stored,
     )
 
 

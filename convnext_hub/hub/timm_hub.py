@@ -13,11 +13,12 @@ from convnext_hub.convert.conversion import convert_to_weights_file, export_timm
 from convnext_hub.convert.readers import read_safetensors
 from convnext_hub.convert.version import CONVERTER_VERSION
 
+from ..heads import Head
 from ..keras_compat import shells_supported
-from ..weights_io import HEAD_DEFAULTS, build_shell, fill_shell
+from ..weights_io import build_shell, fill_shell
 from . import fetch
 from .cache import WEIGHTS_FILE, Cache, Entry, entry_key
-from .weights import Weights, head_of, read_timm_state_dict
+from .weights import Weights, read_timm_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class CachedWeights(Weights):
             num_classes=meta["num_classes"],
             pretrained_cfg={**registry_entry, "source": meta["source"]},
             source=str(hit.path),
-            stored_config={"num_classes": meta["num_classes"], "include_top": True, "features_only": False},
+            stored_head=Head(num_classes=meta["num_classes"]),
             entry=hit,
             cache=cache,
             rebuild=rebuild,
@@ -109,7 +110,7 @@ class CachedWeights(Weights):
         if model is not None and wanted == {"num_classes": model.num_classes}:
             model.pretrained_cfg = model_kwargs.get("pretrained_cfg")
             return model
-        if self.stores_head({**HEAD_DEFAULTS, **model_kwargs}):  # `load_into` fills it from the entry
+        if Head.from_config(model_kwargs) == self.stored_head:  # `load_into` fills it from the entry
             return build_shell(lambda: super(CachedWeights, self).build(**model_kwargs))
         return super().build(**model_kwargs)
 
@@ -125,7 +126,7 @@ class CachedWeights(Weights):
         weights = self.confirmed()
         if weights is not self:
             return weights.load_into(model)
-        if self.stores_head(head_of(model)):
+        if Head.of(model) == self.stored_head:
             fill_shell(model, self.stored_tensors(), self.source)  # exactly this model's weights
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
@@ -140,7 +141,7 @@ class CachedWeights(Weights):
         if weights is not self:
             return weights.as_timm_state_dict()
         if self.state_dict is None:
-            shell = build_shell(lambda: Weights.build(self, **self.stored_config))
+            shell = build_shell(lambda: Weights.build(self, **self.stored_head.as_kwargs()))
             stored = fill_shell(shell, self.stored_tensors(), self.source)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict

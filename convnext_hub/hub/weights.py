@@ -8,8 +8,9 @@ from convnext_hub.convert.conversion import export_timm_state_dict, load_timm_st
 from .. import variants
 from ..convert import load_checkpoint, to_timm_keys
 from ..families import create_from_structure
+from ..heads import Head
 from ..model import zeros_initialized
-from ..weights_io import HEAD_DEFAULTS, load_weights_file
+from ..weights_io import load_weights_file
 
 
 @dataclass
@@ -21,8 +22,8 @@ class Weights:
     pretrained_cfg: dict
     source: str  # for messages
     state_dict: dict | None = None  # timm keys, float32 arrays or lazily read tensors
-    keras_file: str | None = None  # `.weights.h5` / `.keras` of a model with `stored_config`
-    stored_config: dict | None = None  # the head flags of the stored model
+    keras_file: str | None = None  # `.weights.h5` / `.keras` of a model with `stored_head`
+    stored_head: Head | None = None  # the head of the stored model
     structure: dict = field(default=None)  # `variants.STRUCTURAL_KEYS`; the architecture's when not given
 
     def __post_init__(self):
@@ -39,27 +40,18 @@ class Weights:
 
     def load_into(self, model):
         """Set every weight of `model` (built for `architecture`); a different head is left fresh."""
-        if self.keras_file is not None and self.stores_head(head_of(model)):
+        if self.keras_file is not None and Head.of(model) == self.stored_head:
             load_weights_file(model, self.keras_file)
         else:
             load_timm_state_dict(model, self.as_timm_state_dict(), source=self.source)
         return model
 
-    def stores_head(self, head):
-        """True when `head` (`{flag: value}` for the flags of `HEAD_DEFAULTS`) is the stored model's."""
-        return all(head[flag] == self.stored_config[flag] for flag in HEAD_DEFAULTS)
-
     def as_timm_state_dict(self):
         if self.state_dict is None:  # a Keras file: load it as stored, then export
-            stored = self.build(**self.stored_config)
+            stored = self.build(**self.stored_head.as_kwargs())
             load_weights_file(stored, self.keras_file)
             self.state_dict = export_timm_state_dict(stored)
         return self.state_dict
-
-
-def head_of(model):
-    """`{flag: value}` of `model` for the flags of `HEAD_DEFAULTS`."""
-    return {flag: getattr(model, flag) for flag in HEAD_DEFAULTS}
 
 
 def read_timm_state_dict(path):
