@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from ..distribution import use_data_parallel
 from . import DataError, RunError, fine_tune_folder
 
 
@@ -41,10 +42,37 @@ def parser():
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--min-scale", type=float, default=0.08, help="smallest area of the random resized crop")
     p.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        help="layer-wise learning-rate decay as timm's param_groups_layer_decay (e.g. 0.8; default: none)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        metavar="MOMENTUM",
+        help="keep an EMA of the weights (e.g. 0.999), validate on it and save it (default: none)",
+    )
+    p.add_argument(
+        "--rand-augment",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="Keras' RandAugment, 2 operations per image, at this strength in [0, 1] (default 0: none)",
+    )
+    p.add_argument("--reprob", type=float, default=0.0, help="random erasing probability per image (default 0)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (default 0: none; timm's recipe: 0.8)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha in [0, 1] (default 0: none; timm's: 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument(
         "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights (no download)"
+    )
+    p.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="JAX: split each batch over every local device (keras.distribution.DataParallel); --batch-size is "
+        "the whole batch and must divide by the number of devices",
     )
     return p
 
@@ -54,6 +82,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.data_parallel:
+            use_data_parallel(error=RunError)
         fine_tune_folder(
             args.source,
             data=args.data,
@@ -71,6 +101,12 @@ def main(argv=None):
             min_scale=args.min_scale,
             hflip=args.hflip,
             seed=args.seed,
+            layer_decay=args.layer_decay,
+            ema=args.ema,
+            rand_augment=args.rand_augment,
+            reprob=args.reprob,
+            mixup=args.mixup,
+            cutmix=args.cutmix,
             resume=args.resume,
             pretrained=args.pretrained,
         )

@@ -8,7 +8,8 @@ pipeline is built, so `import convnext_hub` stays light; Keras accepts a
 `tf.data.Dataset` in `fit` on every backend.
 
 Training transform: timm's `RandomResizedCrop` (scale `min_scale`..1, ratio
-3/4..4/3, the checkpoint's interpolation) then a horizontal flip. The random
+3/4..4/3, the checkpoint's interpolation) then a horizontal flip, then, when asked
+for, the `augment` module's RandAugment, random erasing and mixup / CutMix. The random
 numbers of an image depend only on `(seed, epoch, index in the epoch)`, and
 the order of an epoch only on `(seed, epoch)`, so that a resumed run sees the
 same batches as an uninterrupted one. Validation uses timm's eval transform
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .. import preprocessing
+from .augment import smoothed_one_hot
 
 logger = logging.getLogger("convnext_hub.finetune")
 
@@ -199,8 +201,11 @@ class Transforms:
         self.min_scale = float(min_scale)
         self.hflip = float(hflip)
 
-    def train(self, path, seed):
-        """Random resized crop, flip, normalize: an (H, W, 3) float32 array; randomness from `seed` only."""
+    def train(self, path, seed, normalize=True):
+        """Random resized crop, flip, normalize: an (H, W, 3) float32 array; randomness from `seed` only.
+
+        `normalize=False` leaves the 0..255 pixels, for RandAugment to work on first.
+        """
         rng = np.random.default_rng(seed)
         image = load_rgb(path)
         box = random_resized_crop_box(*image.size, rng, scale=(self.min_scale, 1.0))
@@ -208,6 +213,8 @@ class Transforms:
         x = np.asarray(image)
         if rng.uniform() < self.hflip:
             x = x[:, ::-1]
+        if not normalize:
+            return x.astype(np.float32)
         return preprocessing._normalize(x, self.mean, self.std)
 
     def eval(self, path):
@@ -220,30 +227,56 @@ def epoch_order(num_images, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
-def train_dataset(folder, transforms, batch_size, seed, epoch):
-    """`epoch`'s training batches `(images, labels)` of `folder`, decoded in parallel, prefetched."""
+def train_dataset(folder, transforms, batch_size, seed, epoch, augment=None):
+    """`epoch`'s training batches `(images, labels)` of `folder`, decoded in parallel, prefetched.
+
+    With an `augment.Augment`, its RandAugment runs on each 0..255 image before the
+    normalisation and its erasing / mixing on each batch after it; the labels are soft
+    one-hot targets when it mixes. Those steps run in order (their random numbers come
+    from seed generators that advance per call) so that the epoch depends on
+    `(seed, epoch)` only.
+    """
     order = epoch_order(len(folder), seed, epoch)
     paths = [folder.paths[i] for i in order]
     labels = np.asarray(folder.labels, np.int32)[order]
     # One seed per image: (seed, epoch, position) through numpy's SeedSequence.
     image_seeds = np.random.SeedSequence([seed, epoch]).generate_state(len(paths), dtype=np.uint32)
+    image_map = augment.image_map(seed, epoch) if augment is not None else None
 
     def load(path, image_seed):
-        return transforms.train(path.decode(), int(image_seed))
+        return transforms.train(path.decode(), int(image_seed), normalize=image_map is None)
 
-    return _dataset(paths, labels, load, transforms.size, batch_size, extra=image_seeds.astype(np.int64))
+    dataset = _decoded(paths, labels, load, transforms.size, extra=image_seeds.astype(np.int64))
+    if image_map is not None:
+        mean, std = transforms.mean, transforms.std
+        dataset = dataset.map(lambda image, label: ((image_map(image) / np.float32(255) - mean) / std, label))
+    dataset = dataset.batch(batch_size)
+    batch_map = augment.batch_map(len(folder.class_names), seed, epoch) if augment is not None else None
+    if batch_map is not None:
+        dataset = dataset.enumerate().map(batch_map)
+    return _prefetched(dataset)
 
 
-def eval_dataset(folder, transforms, batch_size):
-    """The evaluation batches `(images, labels)` of `folder`, in folder order."""
+def eval_dataset(folder, transforms, batch_size, augment=None):
+    """The evaluation batches `(images, labels)` of `folder`, in folder order.
+
+    The labels are the training targets' kind: integers, or smoothed one-hot vectors
+    when `augment` mixes batches (so that one loss and one accuracy serve both).
+    """
 
     def load(path):
         return transforms.eval(path.decode())
 
-    return _dataset(list(folder.paths), np.asarray(folder.labels, np.int32), load, transforms.size, batch_size)
+    labels = np.asarray(folder.labels, np.int32)
+    dataset = _decoded(list(folder.paths), labels, load, transforms.size).batch(batch_size)
+    if augment is not None and augment.mixes:
+        classes, smoothing = len(folder.class_names), augment.label_smoothing
+        dataset = dataset.map(lambda images, y: (images, smoothed_one_hot(y, classes, smoothing)))
+    return _prefetched(dataset)
 
 
-def _dataset(paths, labels, load, size, batch_size, extra=None):
+def _decoded(paths, labels, load, size, extra=None):
+    """`(image, label)` elements: `load(path, *extra)` run in parallel, in order."""
     import tensorflow as tf
 
     columns = (paths, labels) if extra is None else (paths, labels, extra)
@@ -254,5 +287,10 @@ def _dataset(paths, labels, load, size, batch_size, extra=None):
         image.set_shape((*size, 3))
         return image, label
 
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _prefetched(dataset):
+    import tensorflow as tf
+
+    return dataset.prefetch(tf.data.AUTOTUNE)

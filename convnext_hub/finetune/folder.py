@@ -25,10 +25,12 @@ import numpy as np
 import checkpoints
 
 from .. import saved_folder
+from ..distribution import check_batches
 from ..families import create_model
 from ..hub import load_pretrained
 from . import data as folders
-from .recipe import _loss, make_optimizer, warmup_cosine
+from .augment import Augment
+from .recipe import _loss, jit_compile, make_optimizer, warmup_cosine
 
 logger = logging.getLogger("convnext_hub.finetune")
 
@@ -54,7 +56,16 @@ RECIPE_ARGUMENTS = (
     "min_scale",
     "hflip",
     "seed",
+    "layer_decay",
+    "ema",
+    "rand_augment",
+    "reprob",
+    "mixup",
+    "cutmix",
 )
+
+# Recipe arguments added after checkpoints were first written, with the value a run without them had.
+RECIPE_ADDITIONS = dict(layer_decay=None, ema=None, rand_augment=0.0, reprob=0.0, mixup=0.0, cutmix=0.0)
 
 
 class RunError(ValueError):
@@ -79,6 +90,12 @@ def fine_tune_folder(
     min_scale=0.08,
     hflip=0.5,
     seed=0,
+    layer_decay=None,
+    ema=None,
+    rand_augment=0.0,
+    reprob=0.0,
+    mixup=0.0,
+    cutmix=0.0,
     resume=False,
     pretrained=True,
     callbacks=None,
@@ -112,6 +129,17 @@ def fine_tune_folder(
         min_scale: smallest area fraction of the random resized crop (timm: 0.08).
         hflip: probability of a horizontal flip.
         seed: seed of the weights, the split, the order and the augmentation.
+        layer_decay: timm's layer-wise learning-rate decay (`layer_decay.layer_scales`:
+            the head at `lr`, each layer below at `layer_decay` times the one above);
+            None for none.
+        ema: the momentum of an exponential moving average of the weights (timm's
+            `--model-ema-decay`), kept by the optimizer and checkpointed with it; None for
+            none. With it, validation runs on the average and the saved model holds it.
+        rand_augment: Keras' RandAugment strength in [0, 1] (`augment.Augment`); 0 for none.
+        reprob: probability of random erasing per image (timm's `--reprob`).
+        mixup: mixup's alpha (timm's `--mixup`); 0 for none.
+        cutmix: CutMix's alpha in [0, 1] (timm's `--cutmix`); 0 for none. With mixup or
+            CutMix the targets are smoothed one-hot vectors, mixed per batch.
         resume: continue the run whose checkpoint is in `out`.
         pretrained: False starts from random weights (no download).
         callbacks: extra Keras callbacks for every epoch's `fit`.
@@ -142,12 +170,19 @@ def fine_tune_folder(
         min_scale=float(min_scale),
         hflip=float(hflip),
         seed=int(seed),
+        layer_decay=None if layer_decay is None else float(layer_decay),
+        ema=None if ema is None else float(ema),
+        rand_augment=float(rand_augment),
+        reprob=float(reprob),
+        mixup=float(mixup),
+        cutmix=float(cutmix),
     )
     _check_numbers(arguments)
     out = os.path.abspath(out)
     state = _read_checkpoint(out, arguments) if resume else _check_fresh(out)
 
     train, validation, skipped = _folders(arguments)
+    check_batches(arguments["batch_size"], *(len(f) for f in (train, validation) if f is not None), error=RunError)
     model, base_cfg = _build(arguments, len(train.class_names))
     image_size = arguments["image_size"] or _source_image_size(base_cfg)
     transforms = folders.Transforms(base_cfg, image_size, arguments["min_scale"], arguments["hflip"])
@@ -156,11 +191,18 @@ def fine_tune_folder(
     total_steps = arguments["epochs"] * steps
     warmup_steps = min(int(arguments["warmup_epochs"] * steps), total_steps - 1)
     schedule = warmup_cosine(arguments["lr"], total_steps, warmup_steps)
+    augment = _augment(arguments)
     model.compile(
-        optimizer=make_optimizer(model, schedule, arguments["weight_decay"]),
-        loss=_loss(model, arguments["label_smoothing"]),
+        optimizer=make_optimizer(
+            model,
+            schedule,
+            arguments["weight_decay"],
+            layer_decay=arguments["layer_decay"],
+            ema_momentum=arguments["ema"],
+        ),
+        loss=_loss(model, arguments["label_smoothing"], soft_targets=augment.mixes),
         metrics=["accuracy"],
-        jit_compile=_jit_compile(),
+        jit_compile=jit_compile(),
     )
     model.optimizer.build(model.trainable_variables)
     history, first_epoch = [], 0
@@ -172,17 +214,24 @@ def fine_tune_folder(
     os.makedirs(out, exist_ok=True)
     verbose = _verbosity(verbose)
     _log_start(arguments, train, validation, image_size)
+    if augment.active:
+        _build_compiled_state(model, augment.mixes)
+    # Validation on the EMA weights: Keras' callback swaps them in for `evaluate` and back after.
+    epoch_callbacks = [
+        *(callbacks or []),
+        *([keras.callbacks.SwapEMAWeights()] if arguments["ema"] is not None else []),
+    ]
     for epoch in range(first_epoch, arguments["epochs"]):
         started = time.perf_counter()
         fit = model.fit(
-            folders.train_dataset(train, transforms, arguments["batch_size"], arguments["seed"], epoch),
-            validation_data=folders.eval_dataset(validation, transforms, arguments["batch_size"])
+            folders.train_dataset(train, transforms, arguments["batch_size"], arguments["seed"], epoch, augment),
+            validation_data=folders.eval_dataset(validation, transforms, arguments["batch_size"], augment)
             if validation is not None
             else None,
             initial_epoch=epoch,
             epochs=epoch + 1,
             shuffle=False,  # the pipeline is already in this epoch's order
-            callbacks=[*(callbacks or []), _EpochProgress(arguments["epochs"])] if verbose else callbacks,
+            callbacks=[*epoch_callbacks, _EpochProgress(arguments["epochs"])] if verbose else epoch_callbacks,
             verbose=verbose,
         )
         record = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()}}
@@ -192,6 +241,9 @@ def fine_tune_folder(
         _write_checkpoint(out, model, arguments, epoch + 1, history)
         _write_json(os.path.join(out, METRICS_FILE), history)
 
+    if arguments["ema"] is not None:
+        # The output is the average; the checkpoint keeps the trained weights and the average.
+        model.optimizer.assign_average_to(model.trainable_variables)
     model.pretrained_cfg = _output_cfg(base_cfg, arguments, train.class_names, image_size)
     _save(out, model, arguments, train, validation, skipped)
     _write_json(os.path.join(out, METRICS_FILE), history)
@@ -222,8 +274,23 @@ def _check_numbers(arguments):
         problems.append(f"--hflip must be in [0, 1] (got {arguments['hflip']})")
     if arguments["val_split"] is not None and not 0.0 <= arguments["val_split"] < 1.0:
         problems.append(f"--val-split must be in [0, 1) (got {arguments['val_split']})")
+    if arguments["layer_decay"] is not None and not 0.0 < arguments["layer_decay"] <= 1.0:
+        problems.append(f"--layer-decay must be in (0, 1] (got {arguments['layer_decay']})")
+    if arguments["ema"] is not None and not 0.0 < arguments["ema"] < 1.0:
+        problems.append(f"--ema must be in (0, 1) (got {arguments['ema']})")
+    problems += _augment(arguments).problems()
     if problems:
         raise RunError("; ".join(problems))
+
+
+def _augment(arguments):
+    return Augment(
+        rand_augment=arguments["rand_augment"],
+        erase_prob=arguments["reprob"],
+        mixup=arguments["mixup"],
+        cutmix=arguments["cutmix"],
+        label_smoothing=arguments["label_smoothing"],
+    )
 
 
 def _check_fresh(out):
@@ -270,17 +337,16 @@ def _build(arguments, num_classes):
     return create_model(entry["architecture"], pretrained_cfg=cfg, **kwargs), cfg
 
 
-def _jit_compile():
-    """XLA for the training step except on TensorFlow without a GPU, where it loses.
+def _build_compiled_state(model, soft_targets):
+    """Builds the compiled loss and metrics on one batch of zeros (`fit` with no epoch).
 
-    Measured on the project's 2-core CPU with convnext_atto at 32x32, batch 32: 580 ms per
-    step with XLA against 121 ms without, and several times the tracing time.
+    Otherwise the first `fit` of a process draws a batch from the epoch's pipeline to build
+    them (Keras does on JAX and torch), which advances the seed generators of the augmentation
+    layers before the epoch starts: a resumed epoch would differ from the uninterrupted one.
     """
-    if keras.backend.backend() != "tensorflow":
-        return "auto"
-    import tensorflow as tf
-
-    return "auto" if tf.config.list_physical_devices("GPU") else False
+    x = np.zeros((1, *model.input_shape[1:]), np.float32)
+    y = np.zeros((1, model.num_classes), np.float32) if soft_targets else np.zeros((1,), np.int32)
+    model.fit(x, y, epochs=0, verbose=0)
 
 
 def _source_image_size(cfg):
@@ -407,10 +473,11 @@ def _read_checkpoint(out, arguments):
         state = json.loads(arrays.pop("state").tobytes().decode())
     except Exception as e:
         raise RunError(f"--resume: {path} is unreadable ({type(e).__name__}: {e})") from None
+    stored = {**RECIPE_ADDITIONS, **state["arguments"]}
     differing = [
-        f"{key}={arguments[key]!r} (checkpoint: {state['arguments'].get(key)!r})"
+        f"{key}={arguments[key]!r} (checkpoint: {stored.get(key)!r})"
         for key in RECIPE_ARGUMENTS
-        if state["arguments"].get(key) != arguments[key]
+        if stored.get(key) != arguments[key]
     ]
     if differing:
         raise RunError(f"--resume: the arguments differ from the checkpoint's run: {', '.join(differing)}")

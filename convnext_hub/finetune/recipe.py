@@ -30,12 +30,11 @@ import math
 
 import keras
 
-__all__ = ["NO_WEIGHT_DECAY", "fine_tune", "head_layers", "make_optimizer", "warmup_cosine"]
+from ..distribution import check_batches
+from .layer_decay import layer_scales
+from .optimizer import NO_WEIGHT_DECAY, LayerDecayAdamW
 
-# Variable names (`variable.name`, not its path) that get no weight decay: biases,
-# norm scales / offsets, LayerScale and GRN (`gamma`, `beta`). Every rank-1 variable
-# is excluded as well (timm's `param_groups_weight_decay` rule).
-NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
+__all__ = ["NO_WEIGHT_DECAY", "fine_tune", "head_layers", "make_optimizer", "warmup_cosine"]
 
 
 def head_layers(model):
@@ -73,8 +72,24 @@ def warmup_cosine(peak_lr, total_steps, warmup_steps, min_lr=0.0):
     )
 
 
-def make_optimizer(model, learning_rate, weight_decay=0.05):
-    """AdamW without weight decay on `model`'s rank-1 variables (norms, biases, layer scale, GRN)."""
+def make_optimizer(model, learning_rate, weight_decay=0.05, layer_decay=None, ema_momentum=None):
+    """AdamW without weight decay on `model`'s rank-1 variables (norms, biases, layer scale, GRN).
+
+    Args:
+        model: the model to train (a `ConvNeXt` when `layer_decay` is given).
+        learning_rate: a float or a schedule.
+        weight_decay: decoupled weight decay.
+        layer_decay: None, or timm's layer-wise learning-rate decay (`layer_decay.layer_scales`).
+        ema_momentum: None, or the momentum of an EMA of the weights kept by the optimizer.
+
+    Returns:
+        Keras' own `AdamW` (fused on torch) when neither `layer_decay` nor `ema_momentum`
+        is given; a `LayerDecayAdamW` otherwise, which `fit` leaves the EMA out of the
+        model with (`LayerDecayAdamW.assign_average_to` puts it in).
+    """
+    if layer_decay is not None or ema_momentum is not None:
+        scales = layer_scales(model, layer_decay) if layer_decay is not None else None
+        return LayerDecayAdamW(learning_rate, weight_decay, layer_scales=scales, ema_momentum=ema_momentum)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(
         var_list=[v for v in model.weights if len(v.shape) <= 1], var_names=list(NO_WEIGHT_DECAY)
@@ -110,7 +125,9 @@ def fine_tune(
     categorical cross-entropy (from logits unless the model ends in a softmax), use no
     weight decay on rank-1 variables, report accuracy, and leave `model` compiled.
     Stage 2's epochs are numbered after stage 1's, so `callbacks` (given to both stages)
-    see one run. Runs under any `keras.distribution` set before the model was built.
+    see one run. Runs under any `keras.distribution` set before the model was built; then
+    `batch_size` and the last batch of a tuple of arrays must divide by the devices the batch
+    is split over (a one-line ValueError otherwise).
 
     Args:
         model: a `ConvNeXt` with a classifier (`num_classes > 0`), or any Keras model
@@ -145,6 +162,9 @@ def fine_tune(
             f"{head_epochs=}, {epochs=}, {warmup_fraction=}"
         )
     fit_kwargs, explicit_steps = _fit_inputs(train_data, batch_size, steps_per_epoch)
+    if isinstance(train_data, tuple):  # a dataset's batches are its own (JAX refuses an uneven one when it comes)
+        arrays = [train_data, *([validation_data] if isinstance(validation_data, tuple) else [])]
+        check_batches(fit_kwargs["batch_size"], *(keras.tree.flatten(d[0])[0].shape[0] for d in arrays))
     fit_kwargs.update(validation_data=validation_data, callbacks=callbacks, verbose=verbose)
     loss = _loss(model, label_smoothing)
 
@@ -155,7 +175,12 @@ def fine_tune(
         try:
             for layer in model.layers:
                 layer.trainable = id(layer) in head_ids and was_trainable[id(layer)]
-            model.compile(optimizer=make_optimizer(model, head_lr, weight_decay), loss=loss, metrics=["accuracy"])
+            model.compile(
+                optimizer=make_optimizer(model, head_lr, weight_decay),
+                loss=loss,
+                metrics=["accuracy"],
+                jit_compile=jit_compile(),
+            )
             head_history = model.fit(epochs=head_epochs, **fit_kwargs)
         finally:
             for layer in model.layers:
@@ -164,9 +189,27 @@ def fine_tune(
         steps = explicit_steps or _steps_per_epoch(train_data, fit_kwargs.get("batch_size"))
         total_steps = epochs * steps
         schedule = warmup_cosine(peak_lr, total_steps, int(warmup_fraction * total_steps), min_lr)
-        model.compile(optimizer=make_optimizer(model, schedule, weight_decay), loss=loss, metrics=["accuracy"])
+        model.compile(
+            optimizer=make_optimizer(model, schedule, weight_decay),
+            loss=loss,
+            metrics=["accuracy"],
+            jit_compile=jit_compile(),
+        )
         history = model.fit(initial_epoch=head_epochs, epochs=head_epochs + epochs, **fit_kwargs)
     return head_history, history
+
+
+def jit_compile():
+    """`model.compile`'s `jit_compile` for training: XLA except on TensorFlow without a GPU, where it loses.
+
+    Measured on the project's 2-core CPU with convnext_atto at 32x32, batch 32: 580 ms per
+    step with XLA against 121 ms without, and several times the tracing time.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return "auto"
+    import tensorflow as tf
+
+    return "auto" if tf.config.list_physical_devices("GPU") else False
 
 
 def _fit_inputs(train_data, batch_size, steps_per_epoch):
@@ -205,7 +248,8 @@ def _steps_per_epoch(train_data, batch_size):
     return steps
 
 
-def _loss(model, label_smoothing):
+def _loss(model, label_smoothing, soft_targets=False):
+    """The cross-entropy for `model`'s output; `soft_targets`: one-hot / mixed targets, already smoothed."""
     activation = getattr(model, "classifier_activation", None)
     function = keras.activations.get(activation)
     if function is keras.activations.linear:
@@ -214,6 +258,8 @@ def _loss(model, label_smoothing):
         from_logits = False
     else:
         raise ValueError(f"The classifier must return logits or softmax probabilities. Received: {activation=}")
+    if soft_targets:
+        return keras.losses.CategoricalCrossentropy(from_logits=from_logits)
     if label_smoothing:
         return SparseCategoricalCrossentropyWithSmoothing(from_logits=from_logits, label_smoothing=label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
