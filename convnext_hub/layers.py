@@ -7,6 +7,7 @@ cannot overflow them (channel-first LayerNorm and GRN overflow in float16).
 
 import contextlib
 import contextvars
+import math
 
 import keras
 from keras import ops
@@ -163,12 +164,23 @@ class LayerScale(KeepsShape, keras.layers.Layer):
         return {**super().get_config(), "init_value": self.init_value}
 
 
+GRN_SUM_SQUARES_FLOOR = 1e-30  # a float32 normal number: sqrt of it is 1e-15
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GlobalResponseNorm(KeepsShape, keras.layers.Layer):
     """Global Response Normalization (ConvNeXt V2), channels-last.
 
     `Gx = ||x||_2 over H, W`; `Nx = Gx / (mean_c Gx + epsilon)`;
-    `out = gamma * (x * Nx) + beta + x`. Statistics in float32.
+    `out = gamma * (x * Nx) + beta + x`. Statistics in float32: the sum of
+    squares over H x W overflows float16 (65504) once |x| averages above
+    sqrt(65504 / (H * W)), about 4.6 for a 56 x 56 map.
+
+    A channel that is zero over the whole map (exact GELU is exactly 0 below about
+    -5 in float32 and -3 to -5.5 in half precision, where `1 + erf` rounds to 0, and
+    a late stage on a small input has one position) has `Gx = 0`, where the square root's derivative is
+    infinite: its gradient is taken as 0 there, as torch's `norm` (timm's GRN) does,
+    instead of the NaN that would spread to every weight below.
 
     Args:
         epsilon: added to the channel mean of `Gx` (timm: 1e-6).
@@ -185,7 +197,11 @@ class GlobalResponseNorm(KeepsShape, keras.layers.Layer):
 
     def call(self, x):
         x32 = ops.cast(x, "float32")
-        gx = ops.sqrt(ops.sum(ops.square(x32), axis=(1, 2), keepdims=True))
+        sum_squares = ops.sum(ops.square(x32), axis=(1, 2), keepdims=True)
+        # The floor takes the gradient where a channel is zero (`maximum` passes none to a value below it) and
+        # changes Gx by at most 1e-15, far below `epsilon`; unlike a `where`, it stays one op that the export
+        # runtimes' delegates (XNNPack) run.
+        gx = ops.sqrt(ops.maximum(sum_squares, GRN_SUM_SQUARES_FLOOR))
         nx = gx / (ops.mean(gx, axis=-1, keepdims=True) + self.epsilon)
         # x + gamma * (x * Nx) + beta, with the per-sample, per-channel factor formed first:
         # two passes over the activations instead of four.
@@ -351,6 +367,18 @@ class Conv2D(keras.layers.Conv2D):
         return _torch_conv_channels_last(inputs, weight, self.bias.value, self.strides)
 
 
+def _splits_batch_over_part_of_mesh():
+    """Whether the current `keras.distribution` splits the batch over a mesh axis and has another axis of
+    several devices, where the batch is not split (see `DepthwiseConv2D`)."""
+    distribution = keras.distribution.distribution()
+    mesh = getattr(distribution, "device_mesh", None)
+    if mesh is None:
+        return False
+    sizes = dict(zip(mesh.axis_names, mesh.shape))
+    batch = int(sizes.get(distribution.batch_dim_name, 1))
+    return batch > 1 and math.prod(int(size) for size in sizes.values()) > batch
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """Keras' stride-1 "same" depthwise conv, with faster kernels where Keras' is slow.
@@ -373,13 +401,20 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     The default is "shifted" on CPU in inference and "xla" elsewhere. The
     `jax_depthwise` setting (`convnext_hub.config.set_jax_depthwise`) overrides it for
     A/B measurements (see `jax_formulation`); it is read when the call is traced.
+
+    Under a `keras.distribution` whose mesh splits the batch over one axis and has
+    devices on another (`ModelParallel` on a 2x4 mesh), every layer runs "shifted",
+    whatever the setting: there XLA's SPMD partitioner returns the kernel gradient of
+    a grouped convolution multiplied by the number of devices the batch is not split
+    over (4 on a 2x4 mesh; measured with JAX 0.10.2, both of its partitioners, and
+    caught by tests/test_distribution.py), and the shifted sum has no convolution.
     """
 
     JAX_FORMULATIONS = config.JAX_DEPTHWISE_FORMULATIONS
     PAD_CHANNELS_TO = 64
 
     @classmethod
-    def jax_formulation(cls, channels, training, on_cpu):
+    def jax_formulation(cls, channels, training, on_cpu, partial_batch_mesh=False):
         """The JAX formulation a plain layer with `channels` channels runs.
 
         The `jax_depthwise` setting holds `auto` (the per-device default), a name
@@ -391,10 +426,14 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             channels: input channels of the layer.
             training: the layer's `training` argument.
             on_cpu: whether JAX runs on its CPU platform.
+            partial_batch_mesh: whether the distribution splits the batch over part of
+                its mesh (`_splits_batch_over_part_of_mesh`): "shifted" then.
 
         Returns:
             A name from `JAX_FORMULATIONS`.
         """
+        if partial_batch_mesh:
+            return "shifted"
         spec = config.current().jax_depthwise
         if spec == "auto":
             return "shifted" if on_cpu and not training else "xla"
@@ -417,7 +456,9 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
             return self._torch_call(inputs)
         kh, kw = self.kernel_size
         if backend == "jax" and kh % 2 and kw % 2:  # the formulations pad (k - 1) / 2 on each side
-            formulation = self.jax_formulation(self.kernel.shape[2], training, _jax_on_cpu())
+            formulation = self.jax_formulation(
+                self.kernel.shape[2], training, _jax_on_cpu(), _splits_batch_over_part_of_mesh()
+            )
             if formulation == "shifted":
                 return self._shifted_sum_call(inputs)
             if formulation == "nchw":

@@ -49,6 +49,8 @@ LAYERS = {
             "convnext_hub.model",
             "convnext_hub.fast_path",
             "convnext_hub.families",
+            "convnext_hub.heads",
+            "convnext_hub.distribution",
             "convnext_hub.weights_io",
             "convnext_hub.preprocessing",
             "convnext_hub.labels",
