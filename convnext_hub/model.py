@@ -331,6 +331,10 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
             dtype = dtype.default_policy
         self.layers_dtype_policy = keras.dtype_policies.get(dtype)
+        if self.layers_dtype_policy.quantization_mode is None:
+            # The model's own policy is what `compile` reads to wrap the optimizer in a
+            # LossScaleOptimizer for mixed_float16; Keras sets it from the global policy only.
+            self.dtype_policy = self.layers_dtype_policy
 
     def _dtype_policies(self):
         """The constructor's dtype policy, or a `DTypePolicyMap` of it plus the layers changed since

@@ -97,6 +97,8 @@ def test_selection(monkeypatch):
     assert select(96, training=True, on_cpu=True) == "xla"
     assert select(96, training=None, on_cpu=False) == "xla"
     assert select(96, training=False, on_cpu=False) == "xla"
+    # A batch split over part of the mesh: XLA's grouped-conv kernel gradient is wrong there (DepthwiseConv2D).
+    assert select(96, training=True, on_cpu=False, partial_batch_mesh=True) == "shifted"
     with config.settings(jax_depthwise="Pad:96"):
         assert select(96, training=True, on_cpu=False) == "pad"
         assert select(192, training=True, on_cpu=False) == "xla"
