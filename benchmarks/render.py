@@ -338,6 +338,123 @@ def int8_section(result):
     )
 
 
+def _private_rows(use_name, label, figures, use, fallback, keys):
+    """Rows `[use, figure, with, without, without ÷ with]` of one `compared` block of `private_keras.json`."""
+    medians = (figures or {}).get("medians") or {}
+    rows = []
+    for key, what, digits in keys:
+        with_use, without = (medians.get(use) or {}).get(key), (medians.get(fallback) or {}).get(key)
+        ratio = without / with_use if with_use and without is not None else None
+        rows.append(
+            [
+                use_name,
+                f"{label}, {what}",
+                _num(with_use, digits),
+                _num(without, digits),
+                _ratio(ratio) if ratio else "—",
+            ]
+        )
+    return rows
+
+
+def private_keras_section(result):
+    uses = result.get("uses") or {}
+    rows = []
+    fast = uses.get("fast_path") or {}
+    for call in ("call", "predict_on_batch"):
+        rows += _private_rows(
+            "`run_layers_in_order`",
+            f"torch `{'model(x)' if call == 'call' else 'predict_on_batch'}`, {fast.get('model')} b{fast.get('batch')}",
+            fast.get(call),
+            "fast_path_on",
+            "fast_path_off",
+            (("seconds", "s", 2), ("peak_above_mb", "peak MB above", 0)),
+        )
+    shells = uses.get("shells") or {}
+    for backend, figures in (shells.get("backends") or {}).items():
+        rows += _private_rows(
+            "deferred variables",
+            f"{BACKENDS.get(backend, backend)} cached load, {shells.get('model')}",
+            figures,
+            "shell",
+            "fallback",
+            (("seconds", "s", 2), ("peak_above_mb", "peak MB above", 0)),
+        )
+    unimported = uses.get("tensorflow_unimported") or {}
+    for backend, figures in (unimported.get("backends") or {}).items():
+        rows += _private_rows(
+            "`tensorflow_left_unimported`",
+            f"{BACKENDS.get(backend, backend)} {unimported.get('model')}",
+            figures,
+            "use",
+            "fallback",
+            (
+                ("get_config_seconds", "`get_config` s", 3),
+                ("build_and_get_config_seconds", "build + `get_config` s", 2),
+            ),
+        )
+    for backend, sides in (uses.get("tf_data") or {}).items():
+        if not isinstance(sides, dict) or "use" not in sides:
+            continue
+
+        def outcome(side):
+            return "works" if side.get("works") else f"fails ({(side.get('error') or '').split(':')[0]})"
+
+        rows.append(
+            [
+                "`accept_any_input`",
+                f"crop layer in `tf.data` on {BACKENDS.get(backend, backend)}",
+                outcome(sides["use"]),
+                outcome(sides["fallback"]),
+                "capability",
+            ]
+        )
+    saving = uses.get("saving_through") or {}
+    if saving:
+        label = f"{saving.get('model')} ({_num((saving.get('checkpoint_mb') or 0) / 1000)} GB) to `.weights.h5`"
+        keys = (("seconds", "s", 2), ("peak_above_mb", "peak MB above", 0))
+        rows += _private_rows(
+            "`saving_through`",
+            label + ", vs `convert` + `save_weights`",
+            saving,
+            "streamed_h5",
+            "build_then_save_weights",
+            keys,
+        )
+        rows += _private_rows(
+            "`saving_through`",
+            label + ", vs streamed `.safetensors`",
+            saving,
+            "streamed_h5",
+            "streamed_safetensors",
+            keys,
+        )
+    other = result.get("other_load")
+    return "\n".join(
+        [
+            "## Private Keras: what each use buys",
+            "",
+            "Method: `benchmarks/private_keras.py`. Each use of private Keras in `convnext_hub.keras_compat` against",
+            "its public-API fallback, taking turns in one run (the order flips each round), medians of "
+            f"{result.get('rounds', NOT_RECORDED)} rounds",
+            f"({result.get('fast_path_rounds', NOT_RECORDED)} for the in-process forwards); loads, `get_config` "
+            "and conversions in a fresh process each.",
+            "Peaks are RSS above the RSS before the measured step (`VmHWM`). The last column is the fallback's",
+            "figure over the use's: what the use buys."
+            + (f" Measured with other work beside it: {other}." if other else ""),
+            "",
+            machine_line(result, "private_keras"),
+            "",
+            _table(
+                ["use", "figure", "with the use", "with the fallback", "fallback ÷ use"],
+                rows,
+                ["---", "---", "---:", "---:", "---:"],
+            ),
+            "",
+        ]
+    )
+
+
 def _gpu_environment(result):
     """The first environment a step recorded (the steps of one run share the machine)."""
     for step in (result.get("steps") or {}).values():
@@ -452,6 +569,51 @@ def gpu_section(result):
     return "\n".join(text)
 
 
+def half_precision_section(result):
+    rows = [
+        [
+            r.get("model"),
+            BACKENDS.get(r.get("backend"), r.get("backend")),
+            r.get("policy"),
+            r.get("steps", NOT_RECORDED),
+            _num(r.get("final_loss"), 4),
+            _num(r.get("ratio_to_float32"), 3),
+            "none" if r.get("finite") else "**yes**",
+            f"{r.get('skipped_steps', NOT_RECORDED)} (scale {_num(r.get('final_loss_scale'), 0)})"
+            if r.get("loss_scale_optimizer")
+            else "—",
+            "pass" if r.get("passed") else "**fail**",
+        ]
+        for r in result.get("rows", [])
+    ]
+    failures = result.get("failures") or {}
+    text = [
+        "## Half precision",
+        "",
+        "Method: `benchmarks/half_precision.py`. convnext_atto (V1) and convnextv2_atto (V2, GRN) converted from",
+        "randomized timm weights, fine-tuned on scikit-learn's digits "
+        f"({result.get('image_size', NOT_RECORDED)}×{result.get('image_size', NOT_RECORDED)}, batch "
+        f"{result.get('batch', NOT_RECORDED)}, {result.get('optimizer', NOT_RECORDED)}) for "
+        f"{result.get('steps', NOT_RECORDED)} steps",
+        "with the same weights and batch order under each policy; mixed_float16 through the LossScaleOptimizer",
+        "`compile` adds. Every loss, and every 25 steps the weights, optimizer variables and a probe batch's",
+        f"gradients, are checked for NaN / Inf. Final loss: mean of the last {result.get('final_loss_steps', 'N')} "
+        f"steps; a run passes with no non-finite value and |ratio − 1| ≤ {result.get('max_deviation', NOT_RECORDED)}.",
+        "",
+        machine_line(result, "half_precision"),
+        "",
+        _table(
+            ["model", "backend", "policy", "steps", "final loss", "÷ float32", "NaN / Inf", "skipped steps", "verdict"],
+            rows,
+            ["---", "---", "---", "---:", "---:", "---:", "---", "---:", "---"],
+        ),
+        "",
+    ]
+    if failures:
+        text += ["Backends without figures: " + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())), ""]
+    return "\n".join(text)
+
+
 def _scalars(value, prefix=""):
     if isinstance(value, dict):
         for key, item in value.items():
@@ -499,6 +661,10 @@ def render_page(results):
         sections.append(int8_section(results.pop("int8")))
     if "gpu" in results:
         sections.append(gpu_section(results.pop("gpu")))
+    if "half_precision" in results:
+        sections.append(half_precision_section(results.pop("half_precision")))
+    if "private_keras" in results:
+        sections.append(private_keras_section(results.pop("private_keras")))
     sections += [generic_section(name, result) for name, result in sorted(results.items())]
     head = [
         "# Benchmarks",
