@@ -18,25 +18,25 @@ from tests.checkpoint_factory import random_timm_model, randomize_, state_dict_n
 from tests.conftest import BACKEND
 from tests.litert_graph import litert_operators, xnnpack_delegation
 
-REPRESENTATIVE = [
-    "convnext_atto",
-    "convnextv2_atto",
-    "convnext_atto_ols",
-    "convnext_atto_rms",
-    "tiny_hnf_head",
-    "large_mlp_head",
-]
-# convnext_tiny_hnf's head (norm on the feature map, then pool) and convnext_large_mlp's (pre-logits Dense
-# + GELU before the classifier) on a small geometry: the same layers and export paths at a size the 2-core,
-# 24 GB test machine exports in seconds (convnext_large_mlp's 200M parameters took tf2onnx past 23 GB, and
-# the kernel killed the whole test process).
+# Every layer kind of the 28 architectures passes through every exporter, in three models: convnextv2_atto (GRN,
+# LayerNorm, the MLP as 1x1 convs, the patch stem, the pooled head) and two small geometries that gather the
+# rest (a small size exports in seconds on the 2-core, 24 GB test machine; convnext_large_mlp's 200M parameters
+# took tf2onnx past 23 GB):
+# - "ols_rms_hnf": layer scale, the overlapping tiered stem of `_ols`, RMSNorm of `_rms`, and convnext_tiny_hnf's
+#   head (norm on the feature map, then pool);
+# - "linear_mlp_head": layer scale with LayerNorm, the MLP as Dense layers (the larger models' layout), and
+#   convnext_large_mlp's head (pre-logits Dense + GELU before the classifier).
+REPRESENTATIVE = ["convnextv2_atto", "ols_rms_hnf", "linear_mlp_head"]
 SMALL_GEOMETRY = dict(depths=(1, 1, 2, 1), dims=(16, 24, 40, 56))
 SMALL_GEOMETRIES = {
-    "tiny_hnf_head": dict(SMALL_GEOMETRY, head_norm_first=True, conv_mlp=True),
-    "large_mlp_head": dict(SMALL_GEOMETRY, head_hidden_size=64),
+    "ols_rms_hnf": dict(
+        SMALL_GEOMETRY, stem_type="overlap_tiered", norm_layer="rmsnorm2d", head_norm_first=True, conv_mlp=True
+    ),
+    "linear_mlp_head": dict(SMALL_GEOMETRY, head_hidden_size=64),
 }
-# Not marked slow: V2 with GRN (every layer kind but the alternative stems and norms) as a classifier in
-# every format, and as features in ONNX; the rest of the representative set is slow (each export takes seconds).
+NORM_HINTS = {"ols_rms_hnf": {"norm": "rmsnorm2d"}}  # norms without bias: RMSNorm or SimpleNorm, weights alike
+# Not marked slow: convnextv2_atto as a classifier in every format, and as features in ONNX; the rest is slow
+# (each export takes seconds).
 FAST = {("convnextv2_atto", "classifier", fmt) for fmt in ("onnx", "litert", "saved_model", "openvino")} | {
     ("convnextv2_atto", "features", "onnx")
 }
@@ -85,7 +85,8 @@ def exported(tmp_path_factory):
         if (arch, kind) not in models:
             reference = _random_reference(arch)
             known = arch if arch not in SMALL_GEOMETRIES else None
-            models[arch, kind] = convert(state_dict_numpy(reference), arch=known, **KINDS[kind]), reference
+            model = convert(state_dict_numpy(reference), arch=known, **KINDS[kind], **NORM_HINTS.get(arch, {}))
+            models[arch, kind] = model, reference
         model, reference = models[arch, kind]
         if (arch, kind, fmt) not in paths:
             folder = tmp_path_factory.mktemp(f"{arch}_{kind}_{fmt}")

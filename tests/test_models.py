@@ -14,6 +14,7 @@ import convnext_hub
 from convnext_hub import ConvNeXtV1, ConvNeXtV2, create_convnext_v1, create_convnext_v2, create_model
 from convnext_hub.convert.mapping import weight_slots
 from convnext_hub.model import zeros_initialized
+from convnext_hub.weights_io import build_shell
 
 BIG = {"convnext_xlarge", "convnext_xxlarge", "convnextv2_huge"}
 
@@ -136,10 +137,11 @@ def test_seed_variant_tables():
 
 @pytest.mark.slow
 def test_seed_creation_all_variants():
-    """Every V1 and V2 variant builds at 64x64 with 10 classes."""
+    """Every V1 and V2 variant builds at 64x64 with 10 classes. Built as shells (variables declared, no values):
+    the building is what is checked, and initialising the 846M-parameter xxlarge took minutes and 13 GB on torch."""
     for family in (ConvNeXtV1, ConvNeXtV2):
         for variant in family.MODEL_VARIANTS:
-            model = family.from_variant(variant, num_classes=10, input_shape=(64, 64, 3))
+            model = build_shell(lambda: family.from_variant(variant, num_classes=10, input_shape=(64, 64, 3)))
             assert model.output_shape == (None, 10)
             del model
 
