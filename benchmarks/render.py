@@ -614,6 +614,38 @@ def half_precision_section(result):
     return "\n".join(text)
 
 
+def random_init_section(result):
+    rows = [
+        [
+            BACKENDS.get(backend, backend),
+            model,
+            _num(figures.get("keras_truncated_normal_s")),
+            _num(figures.get("host_truncated_normal_s")),
+            _ratio(figures.get("ratio")),
+        ]
+        for backend, models in result.get("results", {}).items()
+        for model, figures in models.items()
+    ]
+    return "\n".join(
+        [
+            "## Random initial weights",
+            "",
+            "Method: `benchmarks/random_init.py`. `create_model(MODEL)` with random weights in a new process, after",
+            "the imports, with Keras' `TruncatedNormal` (one XLA program compiled per variable shape on JAX) and with",
+            f"`HostTruncatedNormal` (NumPy), taking turns; medians of {result.get('rounds', NOT_RECORDED)} rounds.",
+            "",
+            machine_line(result, "random_init"),
+            "",
+            _table(
+                ["backend", "model", "Keras (s)", "NumPy (s)", "Keras ÷ NumPy"],
+                rows,
+                ["---", "---", "---:", "---:", "---:"],
+            ),
+            "",
+        ]
+    )
+
+
 def _scalars(value, prefix=""):
     if isinstance(value, dict):
         for key, item in value.items():
@@ -665,6 +697,8 @@ def render_page(results):
         sections.append(half_precision_section(results.pop("half_precision")))
     if "private_keras" in results:
         sections.append(private_keras_section(results.pop("private_keras")))
+    if "random_init" in results:
+        sections.append(random_init_section(results.pop("random_init")))
     sections += [generic_section(name, result) for name, result in sorted(results.items())]
     head = [
         "# Benchmarks",

@@ -23,6 +23,7 @@ from .layers import (
     DepthwiseConv2D,
     ExportsFusablePatterns,
     GlobalResponseNorm,
+    HostTruncatedNormal,
     LayerScale,
     StochasticDepth,
     make_norm,
@@ -476,7 +477,7 @@ def zeros_initialized():
 
 def kernel_initializer():
     """timm's initialisation of conv and linear kernels: truncated normal(0.02) (biases: zeros)."""
-    return "zeros" if _ZEROS_INIT.get() else keras.initializers.TruncatedNormal(stddev=0.02)
+    return "zeros" if _ZEROS_INIT.get() else HostTruncatedNormal(stddev=0.02)
 
 
 def _weight_init():

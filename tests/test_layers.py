@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from convnext_hub import GlobalResponseNorm, LayerScale, RMSNorm, SimpleNorm, StochasticDepth
-from convnext_hub.layers import GELU, Conv2D, Dense, DepthwiseConv2D
+from convnext_hub.layers import GELU, Conv2D, Dense, DepthwiseConv2D, HostTruncatedNormal
 
 
 def _x(shape=(2, 5, 7, 6), scale=1.0, seed=0):
@@ -185,3 +185,24 @@ def test_symbolic_output_is_the_real_outputs_shape_and_dtype(make, dtype):
     real = layer(x, training=True) if isinstance(layer, StochasticDepth) else layer(x)
     assert tuple(spec.shape) == tuple(real.shape)
     assert spec.dtype == keras.backend.standardize_dtype(real.dtype) == layer.compute_dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_host_truncated_normal_is_keras_distribution_seeded_by_keras(dtype):
+    """Keras' TruncatedNormal: a normal of `stddev` cut at two standard deviations, whose standard
+    deviation is then 0.880 x `stddev` and whose mean is 0; `keras.utils.set_random_seed` fixes the values."""
+    initializer = HostTruncatedNormal(stddev=0.02)
+    keras.utils.set_random_seed(7)
+    values = keras.ops.convert_to_numpy(keras.ops.cast(initializer((256, 384), dtype=dtype), "float32"))
+    assert keras.backend.standardize_dtype(initializer((3,), dtype=dtype).dtype) == dtype
+    assert np.abs(values).max() <= 2 * 0.02 * (1 + 2**-7)  # bfloat16 rounds to 8 bits of mantissa
+    assert abs(values.std() - 0.8796 * 0.02) < 0.01 * 0.02  # 98,304 draws: the std's error is about 0.3 %
+    assert abs(values.mean()) < 0.01 * 0.02
+    keras.utils.set_random_seed(7)
+    again = keras.ops.convert_to_numpy(keras.ops.cast(initializer((256, 384), dtype=dtype), "float32"))
+    np.testing.assert_array_equal(again, values)
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(initializer((256, 384), dtype=dtype), "float32")), values
+    )
+    rebuilt = keras.initializers.deserialize(keras.initializers.serialize(initializer))
+    assert type(rebuilt) is HostTruncatedNormal and rebuilt.stddev == 0.02
