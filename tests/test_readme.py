@@ -2,8 +2,11 @@
 
 The rules below hold for every page alike; "the README" in them means any of those pages.
 
-* Every ```python block runs in a fresh interpreter of its own (TensorFlow backend), in an empty
-  temporary working directory, with the package as installed (no PYTHONPATH). Blocks do not share
+* Every ```python block runs in a process of its own (TensorFlow backend), in an empty temporary
+  working directory, with the package as installed (no PYTHONPATH): forked from one that has
+  imported NumPy, PIL and Keras (`tests/forked_python.py`: an import of Keras costs 4-14 s a
+  block), or a fresh interpreter for a block that sets environment variables or imports torch or
+  timm, whose imports a fork would change. Blocks do not share
   variables: each must stand alone, as a reader copies it. A block that uses a name only an earlier
   block of the same page defines fails with a NameError, reported as a bug of that page (the message names
   the earlier block).
@@ -49,6 +52,7 @@ import pytest
 
 import checkpoints
 from tests.checkpoint_factory import RandomCheckpoints
+from tests.forked_python import ForkingPython, needs_fresh_interpreter
 from tests.hub_server import running_hub, upload_timm_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,8 +404,14 @@ def _block_params():
     return params
 
 
+@pytest.fixture(scope="module")
+def forking_python(tmp_path_factory):
+    with ForkingPython(block_env(tmp_path_factory.mktemp("forking_python"))) as python:
+        yield python
+
+
 @pytest.mark.parametrize("block", _block_params())
-def test_readme_block_runs(block, readme_hub, tmp_path):
+def test_readme_block_runs(block, readme_hub, forking_python, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     code = substituted(block)
@@ -428,15 +438,21 @@ def test_readme_block_runs(block, readme_hub, tmp_path):
         }
         (tmp_path / "block.json").write_text(json.dumps(spec))
         (tmp_path / "runner.py").write_text(RUNNER)
-        result = subprocess.run(
-            [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "block.json")],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT,
-            check=False,
-        )
+        command = [str(tmp_path / "runner.py"), str(tmp_path / "block.json")]
+        if needs_fresh_interpreter(code):
+            result = subprocess.run(
+                [sys.executable, *command],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_TIMEOUT,
+                check=False,
+            )
+        else:
+            result = subprocess.CompletedProcess(
+                command, *forking_python.run(command[0], command[1:], cwd=cwd, env=env, timeout=BLOCK_TIMEOUT)
+            )
     assert result.returncode == 0, failure(block, result)
 
 
