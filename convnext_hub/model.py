@@ -158,10 +158,14 @@ class Stages:
         """Gives `model` (built on these stages) the stage arguments, `pyramid_outputs` and `feature_info`."""
         for key, value in self.arguments.items():
             setattr(model, key, value)
-        model.pyramid_outputs = {f"P{i + 2}": out for i, out in enumerate(self.maps)}
+        plans = stage_plans(self.arguments["output_stride"])
+        model.stage_maps = list(self.maps)
+        # keras-hub's key "P{n}" names the map at stride 2**n (its DeepLabV3 upsamples by that); where dilated
+        # stages share a stride, the key holds the last (deepest) of them, as a feature pyramid takes it.
+        model.pyramid_outputs = {f"P{plan.reduction.bit_length() - 1}": out for out, plan in zip(self.maps, plans)}
         model.feature_info = [
             {"num_chs": dim, "reduction": plan.reduction, "module": f"stages.{i}"}
-            for i, (dim, plan) in enumerate(zip(self.arguments["dims"], stage_plans(self.arguments["output_stride"])))
+            for i, (dim, plan) in enumerate(zip(self.arguments["dims"], plans))
         ]
 
 
@@ -241,8 +245,11 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         dtype: dtype policy for every layer.
 
     Attributes:
-        pyramid_outputs: `{"P2": ..., "P5": ...}`, the last feature map of each stage
-            (strides 4, 8, 16, 32), as keras-hub's `FeaturePyramidBackbone` names them.
+        stage_maps: the last feature map of each stage, in order.
+        pyramid_outputs: `{"P2": ..., "P5": ...}`, the maps at strides 4, 8, 16, 32, as
+            keras-hub's `FeaturePyramidBackbone` names them (`P{n}` at stride 2**n). Under
+            `output_stride=16` the last two stages share stride 16 and `P4` is the last
+            stage's map (`P2`..`P4`); under 8, `P2`, `P3`.
         feature_info: timm's description of those maps (`num_chs`, `reduction`, `module`).
     """
 
@@ -362,9 +369,9 @@ class ConvNeXt(ExportsFusablePatterns, keras.Model):
         return next((layer for layer in self.layers if layer.name == CLASSIFIER_LAYER), None)
 
     def stage_and_output_model(self):
-        """A functional model returning `[P2, P3, P4, P5, *outputs]`: the stage maps, then this model's outputs."""
+        """A functional model returning each stage's last map, then this model's outputs."""
         outputs = self.outputs if isinstance(self.outputs, list) else [self.outputs]
-        return keras.Model(self.inputs[0], [*self.pyramid_outputs.values(), *outputs])
+        return keras.Model(self.inputs[0], [*self.stage_maps, *outputs])
 
     def forward_intermediates(
         self,

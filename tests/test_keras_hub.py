@@ -413,6 +413,34 @@ def test_backbone_is_a_deeplab_v3_image_encoder():
     assert _numpy(segmenter(_images(64, 64))).shape == (2, 64, 64, 3)
 
 
+def test_backbone_at_output_stride_16_serves_deeplab_v3():
+    """DeepLab's setting: the last stage dilated, its map at stride 16 under keras-hub's name for that
+    stride, P4 (keras-hub's DeepLabV3 upsamples the `spatial_pyramid_pooling_key` map by 2**n / `upsampling_size`)."""
+    backbone = ConvNeXtBackbone(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), image_shape=(64, 64, 3), output_stride=16)
+    assert list(backbone.pyramid_outputs) == ["P2", "P3", "P4"]
+    assert backbone.pyramid_outputs["P4"] is backbone.stage_maps[3]  # the deepest map at stride 16
+    maps = keras.Model(backbone.inputs, backbone.pyramid_outputs)(_images(64, 64))
+    assert {key: tuple(m.shape) for key, m in maps.items()} == {
+        "P2": (2, 16, 16, 8),
+        "P3": (2, 8, 8, 16),
+        "P4": (2, 4, 4, 32),
+    }
+    deeplab = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=backbone,
+        low_level_feature_key="P2",
+        spatial_pyramid_pooling_key="P4",
+        upsampling_size=4,
+        dilation_rates=[6, 12, 18],
+        image_shape=(64, 64, 3),
+    )
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=deeplab, num_classes=3)
+    assert _numpy(segmenter(_images(64, 64))).shape == (2, 64, 64, 3)
+    segmenter.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    labels = np.random.RandomState(0).randint(0, 3, (2, 64, 64, 1))
+    history = segmenter.fit(_images(64, 64), labels, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 @pytest.mark.parametrize(
     "make, argument",
     [

@@ -348,15 +348,20 @@ def test_keras_hub_backbone_output_stride_and_channels_first():
     images = random_images(35, 42)
     with torch.no_grad():
         expected = ref.forward_intermediates(_nchw(images), intermediates_only=True)
-    pyramid = keras.Model(backbone.inputs, list(backbone.pyramid_outputs.values()))(images)
+    pyramid = keras.Model(backbone.inputs, list(backbone.stage_maps))(images)
+    assert len(pyramid) == len(expected) == 4
     for a, e in zip(pyramid, expected):
         assert_close(_numpy(a), e.permute(0, 2, 3, 1).numpy(), "keras-hub backbone output_stride=16")
+    # keras-hub's keys name strides: the two stages at stride 16 give one key, the last stage's map.
+    assert list(backbone.pyramid_outputs) == ["P2", "P3", "P4"]
+    assert backbone.pyramid_outputs["P4"] is backbone.stage_maps[3]
 
     config = {**backbone.get_config(), "data_format": "channels_first", "image_shape": [3, None, None]}
     first = ConvNeXtBackbone.from_config(config)
     first.set_weights(backbone.get_weights())
     images_first = np.transpose(images, (0, 3, 1, 2))
-    pyramid_first = keras.Model(first.inputs, list(first.pyramid_outputs.values()))(images_first)
+    pyramid_first = keras.Model(first.inputs, list(first.stage_maps))(images_first)
+    assert len(pyramid_first) == 4
     for a, b in zip(pyramid_first, pyramid):
         assert_close(_numpy(a), np.transpose(_numpy(b), (0, 3, 1, 2)), "keras-hub channels_first map")
     last_classifier = ConvNeXtImageClassifier(backbone, 5)

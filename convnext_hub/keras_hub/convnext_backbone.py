@@ -46,9 +46,11 @@ class ConvNeXtBackbone(ExportsFusablePatterns, FeaturePyramidBackbone):
         dtype: dtype policy of every layer.
 
     Attributes:
-        pyramid_outputs: `{"P2": ..., "P5": ...}`, the last feature map of each stage
-            (strides 4, 8, 16, 32): what keras-hub's detection and segmentation
-            models take from a `FeaturePyramidBackbone`.
+        stage_maps: the last feature map of each stage, in order.
+        pyramid_outputs: `{"P2": ..., "P5": ...}`, the maps at strides 4, 8, 16, 32
+            (`P{n}` at stride 2**n): what keras-hub's detection and segmentation models
+            take from a `FeaturePyramidBackbone`. Under `output_stride=16`, `P2`..`P4`
+            with `P4` the last stage's map (DeepLabV3's `spatial_pyramid_pooling_key`).
         feature_info: timm's description of those maps (`num_chs`, `reduction`, `module`).
     """
 
