@@ -17,6 +17,7 @@ printed whole when it ends, with its time and peak memory.
 
 import glob
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,10 @@ PEAK_GIB = {
     "tensorflow tests/test_keras_hub.py": 6,
 }
 DEFAULT_PEAK = 4
+
+# Each process lists its slowest tests (pytest's --durations); the suite's slowest of them are printed at the end.
+DURATIONS = 20
+DURATION_LINE = re.compile(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", re.MULTILINE)
 MEMORY_BUDGET = 0.8  # of the machine's memory
 
 # Processes that take longest go first, so that two lanes end together; from the CI machine's durations.
@@ -154,7 +159,8 @@ class _Process:
         env = dict(os.environ, KERAS_BACKEND=backend)
         # --durations: each process names its slowest tests, so a CI log shows where the time goes. Each gets
         # its own --basetemp: pytest's default one is shared, and a session cleans up others' old folders.
-        command = [sys.executable, "-m", "pytest", "--durations=5", f"--basetemp={workdir}/tmp{index}", *args, *extra]
+        options = [f"--durations={DURATIONS}", f"--basetemp={workdir}/tmp{index}"]
+        command = [sys.executable, "-m", "pytest", *options, *args, *extra]
         self.start = time.monotonic()
         self.popen = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -163,8 +169,10 @@ class _Process:
         self.code = os.waitstatus_to_exitcode(status)
         self.peak_gib = usage.ru_maxrss / 2**20  # kilobytes on Linux
         self.log.seek(0)
+        text = self.log.read()
+        self.durations = [(float(m[1]), f"{self.label}: {m[2]} {m[3]}") for m in DURATION_LINE.finditer(text)]
         print(f"\n===== KERAS_BACKEND={self.label} =====", flush=True)
-        sys.stdout.write(self.log.read())
+        sys.stdout.write(text)
         print(f"===== {self.label}: exit {self.code}, {self.seconds:.0f} s, peak {self.peak_gib:.1f} GiB", flush=True)
         self.log.close()
 
@@ -195,6 +203,8 @@ def main(argv):
                 process.popen.returncode = os.waitstatus_to_exitcode(status)
                 process.finish(status, usage)
                 done.append(process)
+    tests = sorted((d for p in done for d in p.durations), reverse=True)[:DURATIONS]
+    print(f"\nslowest {len(tests)} tests of the suite:\n" + "\n".join(f"{s:7.1f} s  {name}" for s, name in tests))
     slowest = sorted(done, key=lambda p: -p.seconds)[:8]
     print("\nslowest pytest processes: " + "; ".join(f"{p.label} {p.seconds:.0f} s" for p in slowest))
     print(
